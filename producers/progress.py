@@ -1,0 +1,73 @@
+"""What a person watching a batch sees: a live bar with counts per state, then a summary."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from producers.api import BatchStatus, Wanq
+
+SHOWN = ("queued", "creating", "running", "waiting", "succeeded", "failed", "cancelled")
+
+
+def counts_text(status: BatchStatus) -> str:
+    parts = [
+        f"{state} {status.counts.get(state, 0)}" for state in SHOWN if status.counts.get(state)
+    ]
+    text = "  ".join(parts) + f"  ${status.cost:.2f}"
+    if status.account_block:
+        text += f"  [bold red]PAUSED: {status.account_block.get('reason', '')}[/]"
+    return text
+
+
+def watch(
+    client: Wanq, batch_id: str, console: Console, timeout: float | None = None
+) -> BatchStatus:
+    """Show a progress bar until every job of the batch is terminal."""
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[counts]}"),
+    )
+    with Progress(*columns, console=console, transient=False, refresh_per_second=4) as bar:
+        task = bar.add_task(batch_id, total=None, counts="")
+
+        def update(status: BatchStatus) -> None:
+            bar.update(task, total=status.total, completed=status.ended, counts=counts_text(status))
+
+        return client.wait(batch_id, on_status=update, timeout=timeout)
+
+
+def summary_table(status: BatchStatus, elapsed: float | None = None) -> Table:
+    table = Table(title=f"batch {status.batch_id}", show_header=False)
+    table.add_row("jobs", str(status.total))
+    for state in SHOWN:
+        if status.counts.get(state):
+            table.add_row(state, str(status.counts[state]))
+    table.add_row("cost (usage.cost)", f"${status.cost:.4f}")
+    for code, n in sorted(status.failures.items()):
+        table.add_row(f"failed {code}", str(n))
+    if elapsed:
+        table.add_row("elapsed", f"{elapsed:.1f} s ({status.ended / elapsed:.1f} jobs/s)")
+    if status.account_block:
+        table.add_row("account", status.account_block.get("reason", "blocked"))
+    return table
+
+
+def status_text(status: BatchStatus) -> dict[str, Any]:
+    return status.as_dict()
+
+
+class Stopwatch:
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start

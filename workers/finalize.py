@@ -1,0 +1,108 @@
+"""The result callback: a job's outcome becomes its record and one stream entry, once.
+
+Whoever calls ``succeed`` or ``fail`` for a job, however many times (duplicate polls,
+redelivered messages, a rescued job and its late original), the Lua ``finish`` script lets
+exactly one of them through; only that caller updates the shared latency estimate.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from workers import keys, schedule
+from workers.errors import GENERATION_ERROR, JobFailure
+from workers.provider import Status, cost_micros
+from workers.store import JobStore, State
+
+log = logging.getLogger("wanq.finalize")
+
+LATENCY_FIELD = "latency_estimate"
+
+
+def public_record(job_id: str, job: dict[str, str]) -> dict[str, Any]:
+    """A job as downstream consumers see it (results export, stream): no payload, no secret."""
+    return {
+        "job_id": job_id,
+        "batch": job.get("batch"),
+        "custom_id": job.get("custom_id"),
+        "state": job.get("state"),
+        "remote_task_id": job.get("remote_task_id") or None,
+        "attempts": int(job.get("attempts") or 0),
+        "outputs": _decode(job.get("outputs"), []),
+        "usage": _decode(job.get("usage"), None),
+        "error": _decode(job.get("error"), None),
+    }
+
+
+def succeed_or_fail(
+    store: JobStore, job_id: str, seq: int, job: dict[str, str], status: Status
+) -> bool:
+    """Record a finished remote task (completed or failed) and learn its generation time."""
+    if status.state == "completed":
+        won = _finish(
+            store, job_id, seq, job, State.SUCCEEDED, outputs=status.outputs, usage=status.usage
+        )
+    else:
+        failure = JobFailure(GENERATION_ERROR, "the remote task failed", remote=status.error)
+        won = fail(store, job_id, seq, job, failure)
+    if won:
+        _learn_latency(store, job)
+    return won
+
+
+def fail(
+    store: JobStore, job_id: str, seq: int | None, job: dict[str, str], failure: JobFailure
+) -> bool:
+    log.info("job %s failed: %s", job_id, failure)
+    return _finish(store, job_id, seq, job, State.FAILED, error=failure.as_record())
+
+
+def _finish(
+    store: JobStore,
+    job_id: str,
+    seq: int | None,
+    job: dict[str, str],
+    state: State,
+    *,
+    outputs: list[dict[str, str]] | None = None,
+    usage: dict[str, Any] | None = None,
+    error: dict[str, Any] | None = None,
+) -> bool:
+    record = public_record(job_id, job)
+    record.update(state=str(state), outputs=outputs or [], usage=usage, error=error)
+    return store.finish(
+        job_id,
+        seq,
+        state,
+        record,
+        cost_micros=cost_micros(usage or {}),
+        error_code=(error or {}).get("code", ""),
+    )
+
+
+def latency_estimate(store: JobStore) -> float | None:
+    raw = store.redis.hget(keys.STATS, LATENCY_FIELD)
+    return float(raw) if raw else None
+
+
+def _learn_latency(store: JobStore, job: dict[str, str]) -> None:
+    """Fold this job's generation time into the cluster's estimate (a lost update is harmless)."""
+    created = float(job.get("created_at") or 0)
+    if not created:
+        return
+    last_miss = float(job["last_miss_at"]) if job.get("last_miss_at") else None
+    sample = schedule.generation_sample(created, time.time(), last_miss)
+    estimate = schedule.observe(latency_estimate(store), sample)
+    store.redis.hset(keys.STATS, LATENCY_FIELD, repr(estimate))
+
+
+def _decode(raw: str | None, default: Any) -> Any:
+    if not raw:
+        return default
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return default

@@ -1,0 +1,45 @@
+"""Every Redis key wanq uses, written once. All live under the ``wanq:`` prefix."""
+
+from __future__ import annotations
+
+PREFIX = "wanq:"
+
+BATCHES = PREFIX + "batches"  # zset batch_id -> submitted at
+DUE = PREFIX + "due"  # zset job_id -> when its next step (poll, retry, create) is overdue
+QUEUED = PREFIX + "queued"  # zset job_id -> enqueued at, for jobs whose create never ran
+HELD = PREFIX + "held"  # zset job_id -> held at, jobs parked while the account is blocked
+RESULTS = PREFIX + "results"  # stream: one entry per terminal job, for downstream consumers
+ACCOUNT = PREFIX + "account"  # hash: why creation is paused for the whole cluster, if it is
+STATS = PREFIX + "stats"  # hash: cluster counters and the observed generation time
+SWEEPER_LEASE = PREFIX + "sweeper:lease"  # string: the worker that sweeps now
+CREATE_PACE = PREFIX + "pace:create"  # string: GCRA theoretical arrival time of creations
+
+CREATE_QUEUE = "wanq.create"
+POLL_QUEUE = "wanq.poll"
+
+
+def job(job_id: str) -> str:
+    return f"{PREFIX}job:{job_id}"
+
+
+def payload(job_id: str) -> str:
+    return f"{PREFIX}payload:{job_id}"
+
+
+def batch(batch_id: str) -> str:
+    return f"{PREFIX}batch:{batch_id}"
+
+
+def batch_jobs(batch_id: str) -> str:
+    """List of job IDs in submission order: exports read it in slices."""
+    return f"{PREFIX}batch:{batch_id}:jobs"
+
+
+def batch_codes(batch_id: str) -> str:
+    """Hash error code -> number of jobs of the batch that failed with it."""
+    return f"{PREFIX}batch:{batch_id}:codes"
+
+
+def job_id(batch_id: str, custom_id: str) -> str:
+    """Jobs are keyed by batch and custom_id, which makes resubmission idempotent."""
+    return f"{batch_id}:{custom_id}"

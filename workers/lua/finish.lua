@@ -1,0 +1,39 @@
+-- End a job and publish its record, exactly once: the atomic core of the result callback.
+-- Whatever duplicates or redeliveries call this, only the first call for a job returns 1.
+-- KEYS[1] job hash   KEYS[2] batch hash   KEYS[3] due zset   KEYS[4] queued zset
+-- KEYS[5] held zset   KEYS[6] results stream   KEYS[7] batch codes hash
+-- ARGV[1] job_id   ARGV[2] expected seq ('' accepts any)   ARGV[3] terminal state   ARGV[4] now
+-- ARGV[5] cost in micro-USD   ARGV[6] error code ('' if none)   ARGV[7] stream max length
+-- ARGV[8] the record as JSON, for the stream   ARGV[9..] field, value pairs for the job hash
+-- Returns 1 when this call ended the job, 0 when it had ended already or moved on.
+local cur = redis.call('HMGET', KEYS[1], 'state', 'seq')
+local state, seq = cur[1], cur[2]
+if not state or state == 'succeeded' or state == 'failed' or state == 'cancelled' then
+  return 0
+end
+if ARGV[2] ~= '' and seq ~= ARGV[2] then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'state', ARGV[3], 'seq', tonumber(seq) + 1, 'completed_at', ARGV[4])
+for i = 9, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+redis.call('HINCRBY', KEYS[2], 'n:' .. state, -1)
+redis.call('HINCRBY', KEYS[2], 'n:' .. ARGV[3], 1)
+if tonumber(ARGV[5]) > 0 then
+  redis.call('HINCRBY', KEYS[2], 'cost_micros', ARGV[5])
+end
+if ARGV[6] ~= '' then
+  redis.call('HINCRBY', KEYS[7], ARGV[6], 1)
+end
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('ZREM', KEYS[5], ARGV[1])
+redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[7], '*',
+  'job_id', ARGV[1], 'state', ARGV[3], 'record', ARGV[8])
+local b = redis.call('HMGET', KEYS[2], 'total', 'n:succeeded', 'n:failed', 'n:cancelled')
+local ended = tonumber(b[2] or 0) + tonumber(b[3] or 0) + tonumber(b[4] or 0)
+if tonumber(b[1] or 0) == ended then
+  redis.call('HSET', KEYS[2], 'finished_at', ARGV[4])
+end
+return 1

@@ -1,0 +1,232 @@
+"""The provider's HTTP API on a ``requests`` session, with every answer classified.
+
+    ProviderError          any answer that is not a usable result
+    ├── Transient          retry with backoff: connection errors, timeouts, 429, 5xx, broken bodies
+    ├── AccountProblem     401/403: the account, not the job, is at fault; creation pauses
+    └── Rejected           any other 4xx: permanent for this job
+
+The API key goes into the session's headers and nowhere else: never into messages or logs.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from workers.config import Settings
+
+TASK_ID_FIELDS = ("id", "task_id", "taskId", "jobId")
+DONE = frozenset({"completed", "failed"})
+
+
+@dataclass
+class ProviderError(Exception):
+    detail: str
+    http_status: int | None = None
+    body: Any = None
+
+    def __str__(self) -> str:
+        return self.detail
+
+    def remote(self) -> dict[str, Any]:
+        """The provider's own error, verbatim, for the job record."""
+        remote: dict[str, Any] = {}
+        if self.http_status is not None:
+            remote["http_status"] = self.http_status
+        err = _unwrap(self.body).get("error") if isinstance(self.body, dict) else None
+        if isinstance(err, dict):
+            remote.update({k: err[k] for k in ("code", "message") if k in err})
+        elif self.body not in (None, ""):
+            remote["body"] = str(self.body)[:500]
+        return remote
+
+
+@dataclass
+class Transient(ProviderError):
+    retry_after: float | None = None
+    unparseable: bool = False
+
+
+@dataclass
+class AccountProblem(ProviderError):
+    def plain(self) -> str:
+        if self.http_status == 401:
+            return "the provider rejected the API key (HTTP 401): set a valid WANQ_API_KEY"
+        return "insufficient balance or permission denied (HTTP 403): top up the balance"
+
+
+@dataclass
+class Rejected(ProviderError):
+    pass
+
+
+@dataclass
+class Status:
+    """One status answer: ``state`` is the provider's word; results only when done."""
+
+    state: str
+    outputs: list[dict[str, str]] = field(default_factory=list)
+    usage: dict[str, Any] = field(default_factory=dict)
+    error: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def done(self) -> bool:
+        return self.state in DONE
+
+
+class ProviderClient:
+    """One pooled session per thread: Celery's thread pool shares this object."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._local = threading.local()
+
+    @property
+    def session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.headers["Authorization"] = f"Bearer {self.settings.api_key}"
+            session.mount("http://", HTTPAdapter(pool_maxsize=4))
+            session.mount("https://", HTTPAdapter(pool_maxsize=4))
+            self._local.session = session
+        return session
+
+    def create(self, request: dict[str, Any]) -> str:
+        """POST the request; the remote task ID, or a classified ProviderError."""
+        body = self._call("POST", self.settings.create_url, json=request)
+        task_id = find_task_id(body, self.settings.task_id_field)
+        if not task_id:
+            raise Transient("create answer has no task ID", 200, body, unparseable=True)
+        return task_id
+
+    def status(self, task_id: str) -> Status:
+        return parse_status(self._call("GET", self.settings.status_url(task_id)))
+
+    def _call(self, method: str, url: str, **kwargs: Any) -> Any:
+        timeout = (self.settings.connect_timeout, self.settings.read_timeout)
+        try:
+            response = self.session.request(method, url, timeout=timeout, **kwargs)
+        except requests.RequestException as exc:
+            raise Transient(f"{type(exc).__name__} calling the provider") from None
+        return classify(response)
+
+
+def classify(response: requests.Response) -> Any:
+    """The JSON body of a success, or the ProviderError the status code stands for."""
+    code = response.status_code
+    body = _json_or_text(response)
+    if code in (401, 403):
+        raise AccountProblem(f"HTTP {code}", code, body)
+    if code == 429:
+        raise Transient("HTTP 429 rate limited", code, body, _retry_after(response))
+    if code >= 500:
+        raise Transient(f"HTTP {code}", code, body, _retry_after(response))
+    if code >= 400:
+        raise Rejected(f"HTTP {code}", code, body)
+    if not isinstance(body, dict):
+        raise Transient("unparseable body", code, body, unparseable=True)
+    return body
+
+
+def find_task_id(body: dict[str, Any], extra_field: str = "") -> str | None:
+    names = (extra_field, *TASK_ID_FIELDS) if extra_field else TASK_ID_FIELDS
+    for scope in (body, body.get("data")):
+        if isinstance(scope, dict):
+            for name in names:
+                value = scope.get(name)
+                if isinstance(value, (str, int)) and str(value):
+                    return str(value)
+    return None
+
+
+def parse_status(body: dict[str, Any]) -> Status:
+    """Read a status answer; a body that cannot be read is a transient fault (001021096)."""
+    data = _unwrap(body)
+    state = data.get("status")
+    if not isinstance(state, str) or not state:
+        raise Transient("status answer has no status", 200, body, unparseable=True)
+    state = state.lower()
+    if state == "completed":
+        return Status(state, outputs=_outputs(data), usage=_usage(data))
+    if state == "failed":
+        error = data.get("error") if isinstance(data.get("error"), dict) else {}
+        return Status(state, error=error)
+    return Status(state)
+
+
+def _outputs(data: dict[str, Any]) -> list[dict[str, str]]:
+    output = data.get("output")
+    if isinstance(output, dict):
+        output = [output]
+    if not isinstance(output, list):
+        raise Transient("completed answer has no output", 200, data, unparseable=True)
+    items: list[dict[str, str]] = []
+    for entry in output:
+        content = entry.get("content") if isinstance(entry, dict) else None
+        if not isinstance(content, list):
+            raise Transient("output without content", 200, data, unparseable=True)
+        for item in content:
+            items.append(_content_item(item, data))
+    return items
+
+
+def _content_item(item: Any, data: dict[str, Any]) -> dict[str, str]:
+    if isinstance(item, dict):
+        if item.get("type") == "image" and isinstance(item.get("url"), str):
+            return {"type": "image", "url": item["url"]}
+        if item.get("type") == "text" and isinstance(item.get("text"), str):
+            return {"type": "text", "text": item["text"]}
+    raise Transient("unreadable content item", 200, data, unparseable=True)
+
+
+def _usage(data: dict[str, Any]) -> dict[str, Any]:
+    usage = data.get("usage")
+    if not isinstance(usage, dict):
+        return {}
+    return {k: usage[k] for k in ("cost", "discount", "image_count") if k in usage}
+
+
+def cost_micros(usage: dict[str, Any]) -> int:
+    """usage.cost is a decimal string in USD; kept as integer micro-dollars to add up exactly."""
+    try:
+        return max(0, round(float(usage.get("cost", 0)) * 1_000_000))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _unwrap(body: dict[str, Any]) -> dict[str, Any]:
+    data = body.get("data")
+    if isinstance(data, dict) and "status" not in body:
+        return data
+    return body
+
+
+def _json_or_text(response: requests.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return response.text[:500]
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    raw = response.headers.get("Retry-After")
+    try:
+        return max(0.0, float(raw)) if raw else None
+    except ValueError:
+        return None
+
+
+__all__ = [
+    "AccountProblem",
+    "ProviderClient",
+    "ProviderError",
+    "Rejected",
+    "Status",
+    "Transient",
+    "cost_micros",
+]

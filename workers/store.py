@@ -1,0 +1,251 @@
+"""The job store: Redis is the single source of truth for jobs, batches and results.
+
+Each state change is one Lua script (``workers/lua``), compare-and-set on the job's ``seq``.
+Task messages carry the seq they were sent for; a duplicate, a redelivery or a late original
+finds the seq moved on and does nothing. That is what keeps one terminal record per job.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from importlib import resources
+from typing import Any
+
+import redis
+
+from workers import keys
+
+STREAM_MAXLEN = 1_000_000
+
+
+class State(StrEnum):
+    QUEUED = "queued"
+    CREATING = "creating"
+    RUNNING = "running"
+    WAITING = "waiting"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL = frozenset({State.SUCCEEDED, State.FAILED, State.CANCELLED})
+ALL_STATES = tuple(State)
+
+
+def connect(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, decode_responses=True, health_check_interval=25)
+
+
+@dataclass(frozen=True)
+class Step:
+    """The answer of a compare-and-set step: did it apply, and where the job is now."""
+
+    applied: bool
+    seq: int
+    previous: str
+
+
+class JobStore:
+    """Jobs, batches and results in Redis; every multi-key change is one script."""
+
+    SCRIPTS = ("enqueue", "step", "finish", "release", "pace", "lease")
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+        lua = resources.files("workers") / "lua"
+        self._scripts = {
+            name: client.register_script((lua / f"{name}.lua").read_text()) for name in self.SCRIPTS
+        }
+
+    @classmethod
+    def from_url(cls, url: str) -> JobStore:
+        return cls(connect(url))
+
+    # --- producers -------------------------------------------------------------------------
+
+    def enqueue(
+        self,
+        batch_id: str,
+        custom_id: str,
+        request: dict[str, Any],
+        line: int = 0,
+        pipe: redis.client.Pipeline | None = None,
+    ) -> Any:
+        """Enqueue one job; 1 when new, 0 when (batch, custom_id) exists. Accepts a pipeline."""
+        job_id = keys.job_id(batch_id, custom_id)
+        return self._scripts["enqueue"](
+            keys=[
+                keys.job(job_id),
+                keys.payload(job_id),
+                keys.batch(batch_id),
+                keys.batch_jobs(batch_id),
+                keys.QUEUED,
+            ],
+            args=[job_id, batch_id, custom_id, json.dumps(request), time.time(), line],
+            client=pipe or self.redis,
+        )
+
+    def open_batch(self, batch_id: str, meta: dict[str, Any]) -> None:
+        now = time.time()
+        pipe = self.redis.pipeline()
+        pipe.hsetnx(keys.batch(batch_id), "submitted_at", now)
+        if meta:
+            pipe.hset(keys.batch(batch_id), mapping={k: str(v) for k, v in meta.items()})
+        pipe.zadd(keys.BATCHES, {batch_id: now}, nx=True)
+        pipe.execute()
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def job(self, job_id: str) -> dict[str, str]:
+        return self.redis.hgetall(keys.job(job_id))
+
+    def request(self, job_id: str) -> dict[str, Any] | None:
+        raw = self.redis.get(keys.payload(job_id))
+        return json.loads(raw) if raw else None
+
+    def batch(self, batch_id: str) -> dict[str, str]:
+        return self.redis.hgetall(keys.batch(batch_id))
+
+    def batch_codes(self, batch_id: str) -> dict[str, int]:
+        raw = self.redis.hgetall(keys.batch_codes(batch_id))
+        return {code: int(n) for code, n in raw.items() if int(n) > 0}
+
+    def iter_batch_jobs(self, batch_id: str, chunk: int = 500) -> Iterator[dict[str, str]]:
+        """Job records in submission order, a slice at a time: memory stays flat."""
+        start = 0
+        while True:
+            ids = self.redis.lrange(keys.batch_jobs(batch_id), start, start + chunk - 1)
+            if not ids:
+                return
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hgetall(keys.job(job_id))
+            for job_id, record in zip(ids, pipe.execute(), strict=True):
+                if record:
+                    yield {"job_id": job_id, **record}
+            start += chunk
+
+    # --- workers ---------------------------------------------------------------------------
+
+    def step(
+        self,
+        job_id: str,
+        seq: int,
+        allowed: tuple[str, ...],
+        to: str,
+        *,
+        bump: bool = True,
+        due: float | None = None,
+        incr: tuple[str, ...] = (),
+        fields: dict[str, Any] | None = None,
+    ) -> Step:
+        batch_id = job_id.split(":", 1)[0]
+        flat: list[Any] = []
+        for name, value in (fields or {}).items():
+            flat += [name, _encode(value)]
+        applied, new_seq, previous = self._scripts["step"](
+            keys=[keys.job(job_id), keys.batch(batch_id), keys.DUE, keys.QUEUED],
+            args=[
+                job_id,
+                seq,
+                ",".join(allowed),
+                to,
+                1 if bump else 0,
+                "" if due is None else repr(due),
+                ",".join(incr),
+                *flat,
+            ],
+        )
+        return Step(bool(applied), int(new_seq), previous)
+
+    def finish(
+        self,
+        job_id: str,
+        seq: int | None,
+        state: State,
+        record: dict[str, Any],
+        *,
+        cost_micros: int = 0,
+        error_code: str = "",
+    ) -> bool:
+        """The terminal transition plus the stream entry, atomically and once per job."""
+        batch_id = job_id.split(":", 1)[0]
+        now = time.time()
+        fields: list[Any] = []
+        for name in ("outputs", "usage", "error"):
+            if record.get(name) is not None:
+                fields += [name, _encode(record[name])]
+        stream_record = {**record, "state": str(state), "completed_at": now}
+        return bool(
+            self._scripts["finish"](
+                keys=[
+                    keys.job(job_id),
+                    keys.batch(batch_id),
+                    keys.DUE,
+                    keys.QUEUED,
+                    keys.HELD,
+                    keys.RESULTS,
+                    keys.batch_codes(batch_id),
+                ],
+                args=[
+                    job_id,
+                    "" if seq is None else seq,
+                    str(state),
+                    now,
+                    cost_micros,
+                    error_code,
+                    STREAM_MAXLEN,
+                    json.dumps(stream_record),
+                    *fields,
+                ],
+            )
+        )
+
+    def hold(self, job_id: str, seq: int, reason: str) -> bool:
+        """Park a job while the account is blocked: it waits, it does not fail."""
+        step = self.step(
+            job_id,
+            seq,
+            (State.QUEUED, State.CREATING, State.WAITING),
+            State.WAITING,
+            fields={"hold": "account", "last_error": reason},
+        )
+        if step.applied:
+            self.redis.zadd(keys.HELD, {job_id: time.time()}, nx=True)
+        return step.applied
+
+    def release_held(self, count: int) -> list[tuple[str, int]]:
+        flat = self._scripts["release"](
+            keys=[keys.HELD, keys.DUE], args=[count, time.time(), keys.job("")]
+        )
+        return [(flat[i], int(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+    def pace(self, rate: float, horizon: float) -> float:
+        """Seconds until this caller's creation slot (cluster-wide rate); 0 = now."""
+        if rate <= 0:
+            return 0.0
+        return float(
+            self._scripts["pace"](keys=[keys.CREATE_PACE], args=[time.time(), 1.0 / rate, horizon])
+        )
+
+    def take_lease(self, name: str, holder: str, ttl: float) -> bool:
+        return bool(self._scripts["lease"](keys=[name], args=[holder, int(ttl * 1000)]))
+
+    def count(self, name: str, by: int = 1) -> None:
+        """Cluster counters (duplicate creations, rescues): kept, never hidden."""
+        self.redis.hincrby(keys.STATS, name, by)
+
+    def stats(self) -> dict[str, str]:
+        return self.redis.hgetall(keys.STATS)
+
+
+def _encode(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return repr(value) if isinstance(value, float) else str(value)

@@ -1,0 +1,112 @@
+"""The sweeper: finds jobs whose next step is overdue and sends that step again.
+
+It runs inside every worker (see ``workers.app.Sweeper``); a Redis lease lets one sweep at a
+time and another take over within ``lease_ttl`` when that worker dies, so a cluster with no
+beat process still recovers. A re-sent message carries the job's current seq: if the original
+turns up after all, whichever runs first moves the seq on and the other is stale.
+
+What it rescues:
+- jobs in the due set past their time plus a grace period: a poll, retry or create whose
+  message died with its worker;
+- queued jobs whose create message is gone (the queue is empty but they are still queued);
+- jobs parked by an account problem: one probe per interval, all released once it works.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from workers import account, keys
+from workers.config import Settings
+from workers.store import TERMINAL, JobStore, State
+
+log = logging.getLogger("wanq.sweeper")
+
+GRACE = 30.0  # overdue by this much before a step counts as lost
+CHUNK = 500  # jobs looked at per sweep and kind
+
+
+def sweep(store: JobStore, settings: Settings) -> dict[str, int]:
+    """One pass; returns how many jobs of each kind it re-sent."""
+    from workers.tasks import create, poll
+
+    now = time.time()
+    done = {"overdue": 0, "unstarted": 0, "released": 0, "probes": 0}
+    for job_id, state, seq in _overdue(store, now):
+        if state == State.RUNNING:
+            poll.apply_async((job_id, seq))
+        else:
+            create.apply_async((job_id, seq))
+        done["overdue"] += 1
+    for job_id, seq in _unstarted(store, settings, now):
+        create.apply_async((job_id, seq))
+        done["unstarted"] += 1
+    if account.blocked(store.redis):
+        probe = store.redis.zrange(keys.HELD, 0, 0)
+        if probe and account.probe_due(store.redis, settings.account_probe_interval):
+            seq = int(store.redis.hget(keys.job(probe[0]), "seq") or 0)
+            create.apply_async((probe[0], seq), {"probe": True})
+            done["probes"] += 1
+    else:
+        for job_id, seq in store.release_held(CHUNK):
+            create.apply_async((job_id, seq))
+            done["released"] += 1
+    if any(done.values()):
+        log.info("sweep re-sent %s", done)
+        for kind, n in done.items():
+            store.count(f"sweeper_{kind}", n)
+    return done
+
+
+def _overdue(store: JobStore, now: float) -> list[tuple[str, str, int]]:
+    """Jobs past their step; each is pushed back one grace period so it is re-sent once."""
+    r = store.redis
+    ids = r.zrangebyscore(keys.DUE, "-inf", now - GRACE, start=0, num=CHUNK)
+    if not ids:
+        return []
+    pipe = r.pipeline(transaction=False)
+    for job_id in ids:
+        pipe.hmget(keys.job(job_id), "state", "seq", "hold")
+    found = []
+    stale = []
+    for job_id, (state, seq, hold) in zip(ids, pipe.execute(), strict=True):
+        if state is None or state in TERMINAL or hold:
+            stale.append(job_id)
+        else:
+            found.append((job_id, state, int(seq)))
+    pipe = r.pipeline(transaction=False)
+    if stale:
+        pipe.zrem(keys.DUE, *stale)
+    if found:
+        pipe.zadd(keys.DUE, {job_id: now for job_id, _, _ in found}, xx=True)
+    pipe.execute()
+    return found
+
+
+def _unstarted(store: JobStore, settings: Settings, now: float) -> list[tuple[str, int]]:
+    """Queued jobs whose create message is gone: the queue is empty yet they wait.
+
+    A message held by a dead worker comes back after the visibility timeout, so only jobs
+    queued longer than that, with nothing in the queue, are missing their message.
+    """
+    r = store.redis
+    if r.llen(keys.CREATE_QUEUE) > 0:
+        return []
+    cutoff = now - settings.visibility_timeout - GRACE
+    ids = r.zrangebyscore(keys.QUEUED, "-inf", cutoff, start=0, num=CHUNK)
+    if not ids:
+        return []
+    pipe = r.pipeline(transaction=False)
+    for job_id in ids:
+        pipe.hmget(keys.job(job_id), "state", "seq")
+    found = []
+    for job_id, (state, seq) in zip(ids, pipe.execute(), strict=True):
+        if state == State.QUEUED:
+            found.append((job_id, int(seq)))
+    if found:
+        r.zadd(keys.QUEUED, {job_id: now for job_id, _ in found}, xx=True)
+    stale = set(ids) - {job_id for job_id, _ in found}
+    if stale:
+        r.zrem(keys.QUEUED, *stale)
+    return found

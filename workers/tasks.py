@@ -1,0 +1,201 @@
+"""The two tasks: ``wanq.create`` starts a remote task, ``wanq.poll`` follows it.
+
+Both take ``(job_id, seq)`` and nothing else: the request lives in Redis (claim check), the
+API key in the worker's environment. A message whose seq no longer matches the job is stale
+(a duplicate, a redelivery, a rescued job's late original) and does nothing. Neither task
+ever sleeps: every wait is a countdown on a new message.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from workers import account, errors, schedule
+from workers.app import app, provider, settings, store
+from workers.errors import JobFailure
+from workers.finalize import fail, latency_estimate, succeed_or_fail
+from workers.provider import AccountProblem, Rejected, Transient
+from workers.store import State
+
+log = logging.getLogger("wanq.tasks")
+
+RETRY = schedule.RetryPolicy.from_settings(settings)
+CLAIMABLE = (State.QUEUED, State.WAITING, State.CREATING)
+
+
+def create_window() -> float:
+    """How long a create can be in flight; a claim older than this died between POST and ID."""
+    return settings.connect_timeout + settings.read_timeout + 5.0
+
+
+@app.task(name="wanq.create", bind=True)
+def create(self, job_id: str, seq: int, probe: bool = False, paced: bool = False) -> str:
+    jobs = store()
+    job = jobs.job(job_id)
+    if not job or int(job["seq"]) != seq or job["state"] not in CLAIMABLE:
+        return "stale"
+    now = time.time()
+    died_in_window = job["state"] == State.CREATING
+    if died_in_window and now - float(job.get("claimed_at") or 0) < create_window():
+        return "busy"  # another worker is creating it right now
+    block = account.blocked(jobs.redis)
+    if block and not probe:
+        jobs.hold(job_id, seq, block.get("reason", "account blocked"))
+        return "held"
+    if not paced:
+        wait = jobs.pace(settings.create_rate, settings.max_countdown)
+        if wait > 0:
+            reserved = wait <= settings.max_countdown
+            raise self.retry(
+                kwargs={"probe": probe, "paced": reserved},
+                countdown=min(wait, settings.max_countdown),
+                max_retries=None,
+            )
+
+    claim = jobs.step(
+        job_id,
+        seq,
+        CLAIMABLE,
+        State.CREATING,
+        due=now + create_window(),
+        incr=("attempts", "create_window_losses") if died_in_window else ("attempts",),
+        fields={"claimed_at": now, "hold": ""},
+    )
+    if not claim.applied:
+        return "stale"
+    if died_in_window:
+        jobs.count("create_window_losses")
+        log.warning("job %s: a create died between POST and storing the ID", job_id)
+    attempts = int(job.get("attempts") or 0) + 1
+    return _create_remote(self, job_id, claim.seq, job, attempts)
+
+
+def _create_remote(task, job_id: str, seq: int, job: dict[str, str], attempts: int) -> str:
+    jobs = store()
+    try:
+        remote_id = provider().create(jobs.request(job_id) or {})
+    except AccountProblem as exc:
+        account.block(jobs.redis, exc.http_status or 0, exc.plain())
+        jobs.hold(job_id, seq, exc.plain())
+        log.warning("account problem, creation paused cluster-wide: %s", exc.plain())
+        return "held"
+    except Rejected as exc:
+        fail(jobs, job_id, seq, job, JobFailure(errors.HTTP_ERROR, str(exc), remote=exc.remote()))
+        return "failed"
+    except Transient as exc:
+        return _retry_create(task, job_id, seq, job, attempts, exc)
+
+    if account.unblock(jobs.redis):
+        log.info("the account works again: creation resumes")
+    delay = schedule.first_poll_delay(latency_estimate(jobs), settings)
+    now = time.time()
+    running = jobs.step(
+        job_id,
+        seq,
+        (State.CREATING,),
+        State.RUNNING,
+        due=now + delay,
+        fields={"remote_task_id": remote_id, "created_at": now, "last_error": ""},
+    )
+    if running.applied:
+        poll.apply_async((job_id, running.seq), countdown=delay)
+    return "created"
+
+
+def _retry_create(
+    task, job_id: str, seq: int, job: dict[str, str], attempts: int, exc: Transient
+) -> str:
+    """Back off and retry through Celery, or fail with a run code once attempts run out."""
+    jobs = store()
+    if RETRY.exhausted(attempts):
+        code = errors.HTTP_ERROR if exc.http_status else errors.TASK_CREATION
+        detail = f"gave up after {attempts} attempts: {exc}"
+        fail(jobs, job_id, seq, job, JobFailure(code, detail, remote=exc.remote()))
+        return "failed"
+    delay = schedule.clamp(RETRY.delay(attempts, exc.retry_after), settings)
+    backoff = jobs.step(
+        job_id,
+        seq,
+        (State.CREATING,),
+        State.WAITING,
+        due=time.time() + delay,
+        fields={"last_error": str(exc)},
+    )
+    if not backoff.applied:
+        return "stale"
+    raise task.retry(args=(job_id, backoff.seq), kwargs={}, countdown=delay, max_retries=None)
+
+
+@app.task(name="wanq.poll")
+def poll(job_id: str, seq: int) -> str:
+    jobs = store()
+    job = jobs.job(job_id)
+    if not job or int(job["seq"]) != seq or job["state"] != State.RUNNING:
+        return "stale"
+    now = time.time()
+    if now - float(job["created_at"]) > settings.poll_deadline:
+        failure = JobFailure(errors.STATUS_CHECK, f"no result after {settings.poll_deadline:.0f} s")
+        fail(jobs, job_id, seq, job, failure)
+        return "failed"
+    try:
+        status = provider().status(job["remote_task_id"])
+    except AccountProblem as exc:
+        account.block(jobs.redis, exc.http_status or 0, exc.plain())
+        return _poll_again(job_id, seq, job, settings.max_countdown, {})
+    except Rejected as exc:
+        failure = JobFailure(errors.STATUS_CHECK, str(exc), remote=exc.remote())
+        fail(jobs, job_id, seq, job, failure)
+        return "failed"
+    except Transient as exc:
+        misses = int(job.get("poll_errors") or 0) + 1
+        if misses >= settings.poll_max_errors:
+            code = errors.RESULT_PARSING if exc.unparseable else errors.STATUS_CHECK
+            fail(
+                jobs,
+                job_id,
+                seq,
+                job,
+                JobFailure(code, f"{misses} failed status checks: {exc}", remote=exc.remote()),
+            )
+            return "failed"
+        delay = RETRY.delay(misses, exc.retry_after)
+        return _poll_again(job_id, seq, job, delay, {"poll_errors": misses, "last_error": str(exc)})
+
+    if status.done:
+        jobs.step(
+            job_id,
+            seq,
+            (State.RUNNING,),
+            State.RUNNING,
+            bump=False,
+            incr=("polls",),
+            due=now,
+            fields=_first_poll(job, now),
+        )
+        return "finished" if succeed_or_fail(jobs, job_id, seq, job, status) else "stale"
+    polls = int(job.get("polls") or 0) + 1
+    delay = schedule.next_poll_delay(polls, latency_estimate(jobs), settings)
+    return _poll_again(job_id, seq, job, delay, {"poll_errors": 0, "last_miss_at": now})
+
+
+def _poll_again(job_id: str, seq: int, job: dict[str, str], delay: float, fields: dict) -> str:
+    delay = schedule.clamp(delay, settings)
+    now = time.time()
+    step = store().step(
+        job_id,
+        seq,
+        (State.RUNNING,),
+        State.RUNNING,
+        due=now + delay,
+        incr=("polls",),
+        fields={**fields, **_first_poll(job, now)},
+    )
+    if not step.applied:
+        return "stale"
+    poll.apply_async((job_id, step.seq), countdown=delay)
+    return "polling"
+
+
+def _first_poll(job: dict[str, str], now: float) -> dict[str, float]:
+    return {} if job.get("first_poll_at") else {"first_poll_at": now}
