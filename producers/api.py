@@ -19,7 +19,7 @@ from typing import Any
 from producers.batchfile import BatchLine
 from producers.submit import Source, SubmitReport, submit_file, validate_file
 from producers.validation import ValidationOptions
-from workers import account, config
+from workers import account, config, keys
 from workers.finalize import public_record
 from workers.store import ALL_STATES, TERMINAL, JobStore
 
@@ -127,12 +127,14 @@ class Wanq:
                 yield {name: record[name] for name in RESULT_FIELDS}
 
     def batches(self) -> list[str]:
-        return self.store.redis.zrange("wanq:batches", 0, -1)
+        return self.store.redis.zrange(keys.BATCHES, 0, -1)
 
     def _send_creates(self, jobs: Iterable[tuple[str, int]]) -> None:
         from workers.app import app
 
-        with app.producer_or_acquire() as producer:
+        # This process may talk to another Redis than its environment names (wanq run, tests).
+        with app.connection_for_write(self.settings.broker_url) as connection:
+            producer = app.amqp.Producer(connection)
             for job_id, seq in jobs:
                 app.send_task("wanq.create", args=(job_id, seq), producer=producer)
 
