@@ -78,8 +78,13 @@ class Cluster:
 
     @property
     def settings(self) -> config.Settings:
-        return config.load({**WORKER_ENV, "WANQ_REDIS_URL": self.redis_url,
-                            "WANQ_PROVIDER_URL": self.stack.provider_url})
+        return config.load(
+            {
+                **WORKER_ENV,
+                "WANQ_REDIS_URL": self.redis_url,
+                "WANQ_PROVIDER_URL": self.stack.provider_url,
+            }
+        )
 
     def client(self):
         from producers.api import Wanq
@@ -99,8 +104,11 @@ class Cluster:
 
     def sim(self, path: str, payload: dict | None = None) -> Any:
         url = self.stack.provider_url + path
-        response = requests.post(url, json=payload, timeout=5) if payload is not None else \
-            requests.get(url, timeout=5)
+        response = (
+            requests.post(url, json=payload, timeout=5)
+            if payload is not None
+            else requests.get(url, timeout=5)
+        )
         response.raise_for_status()
         return response.json()
 
@@ -120,8 +128,11 @@ class Cluster:
 def make_cluster(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
     stacks: list[LocalStack] = []
 
-    def make(workers: int = 2, sim_env: dict[str, str] | None = None,
-             worker_env: dict[str, str] | None = None) -> Cluster:
+    def make(
+        workers: int = 2,
+        sim_env: dict[str, str] | None = None,
+        worker_env: dict[str, str] | None = None,
+    ) -> Cluster:
         stack = LocalStack(tmp_path / f"stack{len(stacks)}")
         stacks.append(stack)
         stack.redis_url = redis_url
@@ -142,8 +153,10 @@ def jobs(n: int, interleave_every: int = 3, prefix: str = "job") -> list[dict]:
 
     rng = random.Random(n)
     return [
-        {"custom_id": f"{prefix}-{i:05d}",
-         "body": sample_request(i, rng, interleave=(i % interleave_every == 0))}
+        {
+            "custom_id": f"{prefix}-{i:05d}",
+            "body": sample_request(i, rng, interleave=(i % interleave_every == 0)),
+        }
         for i in range(n)
     ]
 

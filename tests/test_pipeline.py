@@ -36,7 +36,8 @@ def test_both_modes_end_to_end(make_cluster):
     for line, record in zip(lines, records, strict=True):
         remote = remote_status(cluster, record["remote_task_id"])
         expected = [
-            {"type": "image", "url": item["url"]} if item["type"] == "image"
+            {"type": "image", "url": item["url"]}
+            if item["type"] == "image"
             else {"type": "text", "text": item["text"]}
             for item in remote["output"][0]["content"]
         ]
@@ -56,8 +57,14 @@ def test_both_modes_end_to_end(make_cluster):
 
 
 def test_transient_faults_are_retried(make_cluster):
-    faults = {"WANQ_SIM_P_500": "0.15", "WANQ_SIM_P_429": "0.15", "WANQ_SIM_RETRY_AFTER": "1",
-              "WANQ_SIM_P_BROKEN": "0.1", "WANQ_SIM_P_SLOW": "0.05", "WANQ_SIM_SLOW_SECONDS": "1"}
+    faults = {
+        "WANQ_SIM_P_500": "0.15",
+        "WANQ_SIM_P_429": "0.15",
+        "WANQ_SIM_RETRY_AFTER": "1",
+        "WANQ_SIM_P_BROKEN": "0.1",
+        "WANQ_SIM_P_SLOW": "0.05",
+        "WANQ_SIM_SLOW_SECONDS": "1",
+    }
     cluster = make_cluster(workers=2, sim_env=faults, worker_env={"WANQ_MAX_ATTEMPTS": "12"})
     report = cluster.submit(jobs(60))
     final = cluster.wait(report.batch_id, timeout=180)
@@ -71,8 +78,9 @@ def test_transient_faults_are_retried(make_cluster):
 
 
 def test_retries_run_out_into_contract_codes(make_cluster):
-    cluster = make_cluster(workers=1, sim_env={"WANQ_SIM_P_500": "1"},
-                           worker_env={"WANQ_MAX_ATTEMPTS": "3"})
+    cluster = make_cluster(
+        workers=1, sim_env={"WANQ_SIM_P_500": "1"}, worker_env={"WANQ_MAX_ATTEMPTS": "3"}
+    )
     report = cluster.submit(jobs(5))
     final = cluster.wait(report.batch_id)
     assert final.counts["failed"] == 5
@@ -84,8 +92,9 @@ def test_retries_run_out_into_contract_codes(make_cluster):
 
 
 def test_unreadable_status_answers_end_in_001021096(make_cluster):
-    cluster = make_cluster(workers=1, sim_env={"WANQ_SIM_P_BROKEN": "1"},
-                           worker_env={"WANQ_POLL_MAX_ERRORS": "3"})
+    cluster = make_cluster(
+        workers=1, sim_env={"WANQ_SIM_P_BROKEN": "1"}, worker_env={"WANQ_POLL_MAX_ERRORS": "3"}
+    )
     report = cluster.submit(jobs(3))
     final = cluster.wait(report.batch_id)
     assert final.failures == {errors.RESULT_PARSING: 3}
@@ -98,6 +107,8 @@ def test_generation_failures_keep_the_remote_error(make_cluster):
     for record in cluster.client().results(report.batch_id):
         assert record["state"] == "failed"
         assert record["error"]["code"] == errors.GENERATION_ERROR
-        assert record["error"]["remote"] == {"code": "001021095",
-                                             "message": "Internal generation error"}
+        assert record["error"]["remote"] == {
+            "code": "001021095",
+            "message": "Internal generation error",
+        }
         assert record["remote_task_id"]

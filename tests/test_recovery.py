@@ -72,16 +72,21 @@ def test_duplicate_and_redelivered_messages_change_nothing(make_cluster):
                 sent += 7
         return sent
 
-    wait_for(lambda: cluster.client().status(report.batch_id).counts["running"] >= 10,
-             "jobs running", 60)
+    wait_for(
+        lambda: cluster.client().status(report.batch_id).counts["running"] >= 10, "jobs running", 60
+    )
     sent = send_duplicates()
     final = cluster.wait(report.batch_id)
     assert final.counts["succeeded"] == 30
     records = assert_exactly_once(cluster, report.batch_id, 30)
 
     sent += send_duplicates()  # and once more after every job has ended
-    drained = lambda: cluster.redis.llen(keys.POLL_QUEUE) + cluster.redis.llen(keys.CREATE_QUEUE)
-    wait_for(lambda: drained() == 0 and cluster.redis.hlen("unacked") == 0, "duplicates drained")
+
+    def drained() -> bool:
+        r = cluster.redis
+        return r.llen(keys.POLL_QUEUE) + r.llen(keys.CREATE_QUEUE) + r.hlen("unacked") == 0
+
+    wait_for(drained, "duplicates drained")
     assert sent >= 400
     assert cluster.sim("/_sim/stats")["tasks_total"] == 30, "no remote task created twice"
     assert assert_exactly_once(cluster, report.batch_id, 30) == records
