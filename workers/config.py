@@ -55,9 +55,7 @@ class Settings:
     create_rate: float = 0.0  # creations per second across the cluster; 0 = unlimited
     sweep_interval: float = 5.0
     lease_ttl: float = 15.0
-    stuck_create_after: float = 60.0  # a create claimed this long ago died in the window
     account_probe_interval: float = 15.0
-    result_ttl_days: int = 30
 
     @property
     def broker_url(self) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 
-from workers import account, errors, schedule
+from workers import account, errors, keys, schedule
 from workers.app import app, provider, settings, store
 from workers.errors import JobFailure
 from workers.finalize import fail, latency_estimate, succeed_or_fail
@@ -33,6 +33,8 @@ def create_window() -> float:
 def create(self, job_id: str, seq: int, probe: bool = False, paced: bool = False) -> str:
     jobs = store()
     job = jobs.job(job_id)
+    if job.get("state") == State.RUNNING:
+        return _poll_if_overdue(job_id, job)
     if not job or int(job["seq"]) != seq or job["state"] not in CLAIMABLE:
         return "stale"
     now = time.time()
@@ -69,6 +71,15 @@ def create(self, job_id: str, seq: int, probe: bool = False, paced: bool = False
         log.warning("job %s: a create died between POST and storing the ID", job_id)
     attempts = int(job.get("attempts") or 0) + 1
     return _create_remote(self, job_id, claim.seq, job, attempts)
+
+
+def _poll_if_overdue(job_id: str, job: dict[str, str]) -> str:
+    """A redelivered create that finds a remote ID polls instead, if its poll looks lost."""
+    due = store().redis.zscore(keys.DUE, job_id)
+    if due is None or due > time.time():
+        return "stale"
+    poll.apply_async((job_id, int(job["seq"])))
+    return "polling"
 
 
 def _create_remote(task, job_id: str, seq: int, job: dict[str, str], attempts: int) -> str:

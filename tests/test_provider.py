@@ -1,0 +1,127 @@
+"""Reading the provider's answers: task IDs in any of the known places, status bodies in and
+out of a ``data`` envelope, and every HTTP answer classified."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+
+from workers import provider
+from workers.provider import AccountProblem, Rejected, Transient
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"id": "t1"},
+        {"task_id": "t1"},
+        {"taskId": "t1"},
+        {"jobId": "t1"},
+        {"data": {"task_id": "t1"}},
+        {"data": {"jobId": "t1"}, "request_id": "r"},
+    ],
+)
+def test_task_id_is_found_where_providers_put_it(body):
+    assert provider.find_task_id(body) == "t1"
+
+
+def test_configured_task_id_field_wins():
+    assert provider.find_task_id({"ticket": "t9", "id": "x"}, "ticket") == "t9"
+    assert provider.find_task_id({"nothing": 1}) is None
+
+
+def test_completed_status_keeps_the_providers_order():
+    body = {
+        "data": {
+            "status": "COMPLETED",
+            "output": [
+                {
+                    "content": [
+                        {"type": "text", "text": "one"},
+                        {"type": "image", "url": "https://x/1.png"},
+                        {"type": "text", "text": "two"},
+                    ],
+                    "jobId": "t",
+                }
+            ],
+            "usage": {"cost": "0.0300", "discount": 0, "image_count": 1},
+            "metadata": {},
+        }
+    }
+    status = provider.parse_status(body)
+    assert status.done and status.state == "completed"
+    assert [item.get("text") or item.get("url") for item in status.outputs] == [
+        "one",
+        "https://x/1.png",
+        "two",
+    ]
+    assert status.usage == {"cost": "0.0300", "discount": 0, "image_count": 1}
+    assert provider.cost_micros(status.usage) == 30_000
+
+
+@pytest.mark.parametrize("state", ["pending", "processing", "queued", "something-new"])
+def test_any_other_status_means_still_working(state):
+    assert not provider.parse_status({"status": state}).done
+
+
+def test_failed_status_keeps_the_remote_error():
+    status = provider.parse_status(
+        {"status": "failed", "error": {"code": "001021095", "message": "boom"}}
+    )
+    assert status.done and status.error == {"code": "001021095", "message": "boom"}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"status": None},
+        {"status": "completed"},
+        {"status": "completed", "output": "x"},
+        {"status": "completed", "output": [{"content": [{"type": "image"}]}]},
+    ],
+)
+def test_unreadable_status_is_transient_and_marked(body):
+    with pytest.raises(Transient) as caught:
+        provider.parse_status(body)
+    assert caught.value.unparseable
+
+
+def answer(code: int, body: bytes = b"{}", headers: dict | None = None) -> requests.Response:
+    response = requests.Response()
+    response.status_code = code
+    response._content = body
+    response.headers.update(headers or {})
+    return response
+
+
+@pytest.mark.parametrize(
+    ("code", "kind"),
+    [
+        (401, AccountProblem),
+        (403, AccountProblem),
+        (429, Transient),
+        (500, Transient),
+        (503, Transient),
+        (400, Rejected),
+        (404, Rejected),
+    ],
+)
+def test_http_answers_are_classified(code, kind):
+    with pytest.raises(kind):
+        provider.classify(answer(code, b'{"error": {"code": "X", "message": "m"}}'))
+
+
+def test_retry_after_and_remote_error_are_kept():
+    with pytest.raises(Transient) as caught:
+        provider.classify(
+            answer(429, b'{"error": {"code": "429", "message": "slow"}}', {"Retry-After": "7"})
+        )
+    assert caught.value.retry_after == 7.0
+    assert caught.value.remote() == {"http_status": 429, "code": "429", "message": "slow"}
+
+
+def test_a_body_that_is_not_json_is_transient():
+    with pytest.raises(Transient) as caught:
+        provider.classify(answer(200, b"<html>gateway</html>"))
+    assert caught.value.unparseable

@@ -1,0 +1,90 @@
+"""The job store's Lua scripts against a real Redis: idempotent enqueue, compare-and-set
+steps, one terminal transition and one stream entry per job, the pace and the lease."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from workers import keys
+from workers.store import JobStore, State
+
+REQUEST = {"model": "wan26_i2i", "input": {}}
+
+
+@pytest.fixture
+def store(redis_url) -> JobStore:
+    return JobStore.from_url(redis_url)
+
+
+def test_enqueue_is_idempotent_by_batch_and_custom_id(store):
+    assert store.enqueue("b1", "a", REQUEST) == 1
+    assert store.enqueue("b1", "a", {"other": True}) == 0
+    assert store.enqueue("b2", "a", REQUEST) == 1
+    assert store.request(keys.job_id("b1", "a")) == REQUEST
+    assert store.batch("b1")["total"] == "1"
+    assert store.redis.lrange(keys.batch_jobs("b1"), 0, -1) == ["b1:a"]
+
+
+def test_step_applies_only_where_the_caller_saw_the_job(store):
+    store.enqueue("b", "j", REQUEST)
+    claim = store.step("b:j", 0, (State.QUEUED,), State.CREATING, due=100.0, incr=("attempts",))
+    assert claim.applied and claim.seq == 1 and claim.previous == "queued"
+    again = store.step("b:j", 0, (State.QUEUED,), State.CREATING)
+    assert not again.applied and again.seq == 1 and again.previous == "creating"
+    job = store.job("b:j")
+    assert job["attempts"] == "1"
+    assert store.batch("b")["n:queued"] == "0" and store.batch("b")["n:creating"] == "1"
+    assert store.redis.zscore(keys.DUE, "b:j") == 100.0
+    assert store.redis.zscore(keys.QUEUED, "b:j") is None
+
+
+def test_finish_once_with_one_stream_entry(store):
+    store.enqueue("b", "j", REQUEST)
+    record = {
+        "job_id": "b:j",
+        "usage": {"cost": "0.06"},
+        "outputs": [{"type": "text", "text": "t"}],
+    }
+    assert store.finish("b:j", 0, State.SUCCEEDED, record, cost_micros=60_000)
+    assert not store.finish("b:j", None, State.FAILED, record, error_code="001021095")
+    assert store.job("b:j")["state"] == "succeeded"
+    entries = store.redis.xrange(keys.RESULTS)
+    assert len(entries) == 1 and json.loads(entries[0][1]["record"])["state"] == "succeeded"
+    batch = store.batch("b")
+    assert batch["cost_micros"] == "60000" and batch["n:succeeded"] == "1"
+    assert "finished_at" in batch
+    assert store.batch_codes("b") == {}
+
+
+def test_finish_with_a_stale_seq_does_nothing(store):
+    store.enqueue("b", "j", REQUEST)
+    assert not store.finish("b:j", 5, State.FAILED, {}, error_code="X")
+    assert store.job("b:j")["state"] == "queued"
+
+
+def test_hold_and_release(store):
+    store.enqueue("b", "j", REQUEST)
+    assert store.hold("b:j", 0, "HTTP 401")
+    job = store.job("b:j")
+    assert job["state"] == "waiting" and job["hold"] == "account"
+    assert store.redis.zscore(keys.DUE, "b:j") is None  # parked, not overdue
+    assert store.release_held(10) == [("b:j", 1)]
+    assert store.redis.zscore(keys.DUE, "b:j") is not None  # swept if its message is lost
+    assert store.release_held(10) == []
+
+
+def test_pace_spaces_creations_across_callers(store):
+    waits = [store.pace(rate=10.0, horizon=5.0) for _ in range(5)]
+    assert waits[0] == 0.0
+    assert waits == sorted(waits) and waits[-1] == pytest.approx(0.4, abs=0.05)
+    assert store.pace(rate=0, horizon=5.0) == 0.0
+
+
+def test_lease_has_one_holder_until_it_expires(store):
+    assert store.take_lease("wanq:test:lease", "a", ttl=0.2)
+    assert store.take_lease("wanq:test:lease", "a", ttl=0.2)  # renewed by its holder
+    assert not store.take_lease("wanq:test:lease", "b", ttl=0.2)
+    store.redis.delete("wanq:test:lease")  # as if the holder's lease ran out
+    assert store.take_lease("wanq:test:lease", "b", ttl=0.2)
