@@ -5,7 +5,7 @@ DATA := $(CURDIR)/.wanq
 # The demo's simulator: ~2 s generations with a few faults of every kind.
 DEMO_ENV := WANQ_DATA_DIR=$(DATA) WANQ_REDIS_URL= WANQ_PROVIDER_URL= \
 	WANQ_SIM_LATENCY=2 WANQ_SIM_P_500=0.03 WANQ_SIM_P_429=0.03 WANQ_SIM_P_BROKEN=0.02 \
-	WANQ_SIM_P_FAIL=0.03 WANQ_SIM_SEED=7
+	WANQ_SIM_P_FAIL=0.03 WANQ_SIM_SEED=7 WANQ_ARCHIVE_DIR=$(DATA)/archive
 
 .PHONY: setup demo test lint clean
 

@@ -118,6 +118,9 @@ class LocalStack:
         address = wait_for(lambda: ready.read_text().strip(), "the simulator")
         self.provider_url = f"http://{address}"
         self.env["WANQ_PROVIDER_URL"] = self.provider_url
+        # The simulator serves the outputs itself, on loopback: let the archive fetch them.
+        allowed = [h for h in self.env.get("WANQ_ARCHIVE_ALLOW_HOSTS", "").split(",") if h]
+        self.env["WANQ_ARCHIVE_ALLOW_HOSTS"] = ",".join([*allowed, address])
         return self.provider_url
 
     def start_worker(self, name: str, extra_env: dict[str, str] | None = None) -> Process:

@@ -1,58 +1,63 @@
-"""The Python API: the CLI's verbs for programs that submit jobs.
+"""The Python API: the CLI's verbs for programs that submit and steer batches.
 
-client = Wanq()                       # settings from WANQ_ variables
-report = client.submit("edits.jsonl") # validated, enqueued; report.batch_id
+client = Wanq()                                   # settings from WANQ_ variables
+report = client.submit("edits.jsonl", max_cost=50.0, webhook_url="https://...")
 client.wait(report.batch_id)
 for record in client.results(report.batch_id): ...
+client.retry(report.batch_id, codes=["001021097"])  # re-drive what failed for good
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from producers.batchfile import BatchLine
 from producers.submit import Source, SubmitReport, submit_file, validate_file
 from producers.validation import ValidationOptions
-from workers import account, config, keys
-from workers.finalize import public_record
-from workers.store import ALL_STATES, TERMINAL, JobStore
+from workers import config, deliveries, keys
+from workers.batches import BatchStatus, batch_status
+from workers.finalize import cancel, public_record
+from workers.store import TERMINAL, JobStore, State
 
-RESULT_FIELDS = ("custom_id", "state", "remote_task_id", "attempts", "outputs", "usage", "error")
+RESULT_FIELDS = (
+    "custom_id",
+    "state",
+    "remote_task_id",
+    "attempts",
+    "outputs",
+    "usage",
+    "error",
+    "history",
+)
+URL_WARN_AFTER = 20 * 3600  # provider output URLs expire after about a day
+
+__all__ = ["BatchStatus", "SubmitReport", "Wanq", "write_results"]
 
 
-@dataclass
-class BatchStatus:
-    batch_id: str
-    total: int
-    counts: dict[str, int]
-    cost: float
-    failures: dict[str, int]
-    account_block: dict[str, str] = field(default_factory=dict)
+@dataclass(frozen=True)
+class BatchOptions:
+    """What a batch asks for beyond its jobs; kept in its Redis record."""
 
-    @property
-    def ended(self) -> int:
-        return sum(self.counts.get(state, 0) for state in TERMINAL)
+    max_cost: float | None = None  # USD cap: creation pauses before it would be passed
+    webhook_url: str | None = None  # each ended job, then the batch, POSTed there (signed)
+    callback_task: str | None = None  # a Celery task called with each ended job's record
+    batch_callback_task: str | None = None  # a Celery task called once with the final counts
 
-    @property
-    def done(self) -> bool:
-        return self.total > 0 and self.ended >= self.total
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "batch_id": self.batch_id,
-            "total": self.total,
-            "counts": self.counts,
-            "cost_usd": round(self.cost, 6),
-            "failures_by_code": self.failures,
-            "account": self.account_block or None,
-            "done": self.done,
-        }
+    def meta(self) -> dict[str, object]:
+        meta: dict[str, object] = {"deliver": "1", "state": "active"}
+        if self.max_cost is not None:
+            meta["max_cost_micros"] = round(self.max_cost * 1_000_000)
+        for name in ("webhook_url", "callback_task", "batch_callback_task"):
+            if getattr(self, name):
+                meta[name] = getattr(self, name)
+        return meta
 
 
 class Wanq:
@@ -61,6 +66,8 @@ class Wanq:
     def __init__(self, settings: config.Settings | None = None) -> None:
         self.settings = settings or config.load()
         self.store = JobStore.from_url(self.settings.broker_url)
+
+    # --- submitting ----------------------------------------------------------------------
 
     def validate(
         self, source: Source, options: ValidationOptions | None = None
@@ -75,7 +82,14 @@ class Wanq:
         allow_invalid: bool = False,
         options: ValidationOptions | None = None,
         on_line: Callable[[BatchLine], None] | None = None,
+        batch: BatchOptions | None = None,
     ) -> SubmitReport:
+        batch = batch or BatchOptions()
+        if batch.webhook_url:
+            if not batch.webhook_url.startswith(("http://", "https://")):
+                raise ValueError("webhook URLs must be http:// or https://")
+            if not self.settings.webhook_secret:
+                raise ValueError("a webhook needs WANQ_WEBHOOK_SECRET (whsec_...) to sign with")
         return submit_file(
             self.store,
             self._send_creates,
@@ -84,21 +98,13 @@ class Wanq:
             allow_invalid=allow_invalid,
             options=options,
             on_line=on_line,
+            meta=batch.meta(),
         )
 
+    # --- watching --------------------------------------------------------------------------
+
     def status(self, batch_id: str) -> BatchStatus:
-        raw = self.store.batch(batch_id)
-        if not raw:
-            raise KeyError(f"no batch {batch_id!r}")
-        counts = {state.value: int(raw.get(f"n:{state.value}", 0)) for state in ALL_STATES}
-        return BatchStatus(
-            batch_id=batch_id,
-            total=int(raw.get("total", 0)),
-            counts=counts,
-            cost=int(raw.get("cost_micros", 0)) / 1_000_000,
-            failures=self.store.batch_codes(batch_id),
-            account_block=account.blocked(self.store.redis),
-        )
+        return batch_status(self.store, batch_id)
 
     def wait(
         self,
@@ -119,6 +125,9 @@ class Wanq:
                 raise TimeoutError(f"batch {batch_id} not finished after {timeout} s")
             time.sleep(interval)
 
+    def batches(self) -> list[BatchStatus]:
+        return [self.status(b) for b in self.store.redis.zrange(keys.BATCHES, 0, -1)]
+
     def results(self, batch_id: str, state: str | None = None) -> Iterator[dict[str, Any]]:
         """One record per job, in submission order, streamed from Redis."""
         for job in self.store.iter_batch_jobs(batch_id):
@@ -126,17 +135,93 @@ class Wanq:
             if state is None or record["state"] == state:
                 yield {name: record[name] for name in RESULT_FIELDS}
 
-    def batches(self) -> list[str]:
-        return self.store.redis.zrange(keys.BATCHES, 0, -1)
+    # --- steering --------------------------------------------------------------------------
+
+    def pause(self, batch_id: str) -> None:
+        """Jobs not created yet wait; jobs in flight go on (they are paid for)."""
+        self._require(batch_id)
+        self.store.set_control(batch_id, "paused")
+
+    def resume(self, batch_id: str, max_cost: float | None = None) -> int:
+        """Undo a pause (or a budget stop, with a higher cap); returns the jobs released."""
+        self._require(batch_id)
+        fields = {} if max_cost is None else {"max_cost_micros": round(max_cost * 1_000_000)}
+        self.store.set_control(batch_id, "active", **fields)
+        released = 0
+        while chunk := self.store.release(keys.batch_parked(batch_id), 1000):
+            self._send_creates(chunk)
+            released += len(chunk)
+        return released
+
+    def cancel(self, batch_id: str) -> int:
+        """Jobs not created yet are never created; jobs in flight end ``cancelled`` now.
+
+        The API has no remote cancel: a remote task already created runs to its end upstream
+        (and is billed); wanq just stops following it.
+        """
+        self._require(batch_id)
+        self.store.set_control(batch_id, "cancelled")
+        ended = 0
+        for job in self.store.iter_batch_jobs(batch_id):
+            if job["state"] not in TERMINAL:
+                ended += bool(cancel(self.store, job["job_id"], job, self._send_task))
+        return ended
+
+    def retry(self, batch_id: str, codes: Iterable[str] = ()) -> int:
+        """Re-run jobs that failed for good (all, or those with these codes); successes stay."""
+        self._require(batch_id)
+        codes = tuple(codes)
+        if self.store.batch(batch_id).get("state") == "cancelled":
+            self.store.set_control(batch_id, "active")
+        reopened = []
+        for job in self.store.iter_batch_jobs(batch_id):
+            if job["state"] == State.FAILED:
+                seq = self.store.reopen(job["job_id"], codes)
+                if seq >= 0:
+                    reopened.append((job["job_id"], seq))
+        self._send_creates(reopened)
+        return len(reopened)
+
+    def archive(self, batch_id: str, directory: str | None = None) -> tuple[int, int, int]:
+        """Fetch every output not archived yet: (jobs looked at, files now missing, old URLs)."""
+        self._require(batch_id)
+        settings = self.settings
+        if directory or not settings.archive_dir:
+            root = directory or str(settings.data_path / "archive")
+            settings = dataclasses.replace(settings, archive_dir=root)
+        jobs = missing = stale = 0
+        now = time.time()
+        for job in self.store.iter_batch_jobs(batch_id):
+            if job["state"] != State.SUCCEEDED:
+                continue
+            jobs += 1
+            stale += now - float(job.get("completed_at") or now) > URL_WARN_AFTER
+            saved = deliveries.archive_job(self.store, settings, job["job_id"], job)
+            missing += sum(
+                "path" not in o for o in json.loads(saved["outputs"]) if o["type"] == "image"
+            )
+        return jobs, missing, stale
+
+    # --- plumbing --------------------------------------------------------------------------
+
+    def _require(self, batch_id: str) -> None:
+        if not self.store.batch(batch_id):
+            raise KeyError(f"no batch {batch_id!r}")
+
+    def _send_task(self, name: str, args: tuple = ()) -> None:
+        self._publish(name, [args])
 
     def _send_creates(self, jobs: Iterable[tuple[str, int]]) -> None:
+        self._publish("wanq.create", jobs)
+
+    def _publish(self, name: str, args_list: Iterable[tuple]) -> None:
         from workers.app import app
 
         # This process may talk to another Redis than its environment names (wanq run, tests).
         with app.connection_for_write(self.settings.broker_url) as connection:
             producer = app.amqp.Producer(connection)
-            for job_id, seq in jobs:
-                app.send_task("wanq.create", args=(job_id, seq), producer=producer)
+            for args in args_list:
+                app.send_task(name, args=args, producer=producer)
 
 
 def write_results(records: Iterable[dict[str, Any]], out: io.TextIOBase, fmt: str = "jsonl") -> int:

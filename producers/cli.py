@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -14,6 +13,7 @@ from rich.console import Console
 from producers.batchfile import BatchLine
 from producers.validation import ValidationOptions
 from workers import config
+from workers.errors import message_for
 
 console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
@@ -57,8 +57,8 @@ def validate(file: str, as_json: bool, truncate: bool, probe: bool) -> None:
 
     try:
         lines = validate_file(file, _options(file, truncate, probe))
-    except OSError as exc:
-        console.print(f"[red]cannot read {file}: {exc.strerror or exc}[/]")
+    except (OSError, ValueError) as exc:
+        console.print(f"[red]cannot read {file}: {getattr(exc, 'strerror', None) or exc}[/]")
         sys.exit(EXIT_UNREADABLE)
     valid = invalid = 0
     for line in lines:
@@ -88,28 +88,82 @@ def _line_json(line: BatchLine) -> dict:
 @click.option("--allow-invalid", is_flag=True, help="Submit the valid lines even if some are not.")
 @click.option("--wait", is_flag=True, help="Show progress and return when every job has ended.")
 @click.option("--truncate", is_flag=True, help="Truncate over-long texts instead of refusing.")
+@click.option("--dry-run", is_flag=True, help="Validate and estimate the cost; enqueue nothing.")
+@click.option("--max-cost", type=float, help="Budget in USD: creation pauses before passing it.")
+@click.option("--webhook", help="POST each ended job, then the batch, here (signed).")
+@click.option("--callback-task", help="Celery task called with each ended job's record.")
+@click.option("--batch-callback-task", help="Celery task called once with the final counts.")
 def submit(
-    file: str, batch_id: str | None, allow_invalid: bool, wait: bool, truncate: bool
+    file: str,
+    batch_id: str | None,
+    allow_invalid: bool,
+    wait: bool,
+    truncate: bool,
+    dry_run: bool,
+    max_cost: float | None,
+    webhook: str | None,
+    callback_task: str | None,
+    batch_callback_task: str | None,
 ) -> None:
-    """Validate FILE (or - for standard input) and enqueue its jobs; prints the batch ID."""
+    """Validate FILE (.jsonl or .csv; - for standard input) and enqueue its jobs."""
+    if dry_run:
+        _dry_run(file, truncate)
+        return
+    from producers.api import BatchOptions
+
     client = _client()
-    report = _submit(client, file, batch_id, allow_invalid, truncate)
+    batch = BatchOptions(max_cost, webhook, callback_task, batch_callback_task)
+    report = _submit(client, file, batch_id, allow_invalid, truncate, batch)
     out.print(report.batch_id)
     if wait:
-        from producers.progress import summary_table, watch
-
-        status = watch(client, report.batch_id, console)
-        console.print(summary_table(status))
+        _watch(client, report.batch_id)
 
 
-def _submit(client, file: str, batch_id: str | None, allow_invalid: bool, truncate: bool):
+def _dry_run(file: str, truncate: bool) -> None:
+    from producers.estimate import estimate
+    from producers.submit import validate_file
+
+    settings = config.load()
     try:
-        report = client.submit(
-            file,
-            batch_id=batch_id,
-            allow_invalid=allow_invalid,
-            options=_options(file, truncate, False),
+        report = estimate(validate_file(file, _options(file, truncate, False)), settings.unit_price)
+    except (OSError, ValueError) as exc:
+        console.print(f"[red]cannot read {file}: {exc}[/]")
+        sys.exit(EXIT_UNREADABLE)
+    out.print(f"{report.lines} lines: {report.valid} valid, {report.invalid} invalid")
+    for code, lines in sorted(report.invalid_by_code.items()):
+        shown = ", ".join(map(str, lines[:20])) + (
+            " ..." if report.invalid_counts[code] > 20 else ""
         )
+        out.print(f"  {code} x{report.invalid_counts[code]} ({message_for(code)}): lines {shown}")
+    out.print(
+        f"at most {report.images_upper_bound} images, at most "
+        f"${report.cost_upper_bound:.2f} at ${settings.unit_price}/image "
+        "(n per job; max_images in interleaved mode)"
+    )
+    sys.exit(EXIT_INVALID if report.invalid else 0)
+
+
+def _submit(
+    client, file: str, batch_id: str | None, allow_invalid: bool, truncate: bool, batch=None
+):
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    columns = (
+        SpinnerColumn(),
+        TextColumn("submitting {task.completed:,} lines"),
+        TimeElapsedColumn(),
+    )
+    try:
+        with Progress(*columns, console=console, transient=True) as bar:
+            task = bar.add_task("submit", total=None)
+            report = client.submit(
+                file,
+                batch_id=batch_id,
+                allow_invalid=allow_invalid,
+                options=_options(file, truncate, False),
+                batch=batch,
+                on_line=lambda _line: bar.advance(task),
+            )
     except OSError as exc:
         console.print(f"[red]cannot read {file}: {exc.strerror or exc}[/]")
         sys.exit(EXIT_UNREADABLE)
@@ -129,6 +183,104 @@ def _submit(client, file: str, batch_id: str | None, allow_invalid: bool, trunca
         f"{report.existing} already there, {len(report.invalid)} invalid lines skipped"
     )
     return report
+
+
+def _watch(client, batch_id: str):
+    from producers.progress import summary_table, watch
+
+    status = watch(client, batch_id, console)
+    console.print(summary_table(status))
+    return status
+
+
+@main.command("watch")
+@click.argument("batch")
+def watch_command(batch: str) -> None:
+    """Live progress of a batch: counts per state, cost, throughput and ETA."""
+    client = _client()
+    _batch_or_exit(client, batch)
+    _watch(client, batch)
+
+
+@main.command()
+def batches() -> None:
+    """Every batch with its state, progress and cost."""
+    from rich.table import Table
+
+    table = Table("batch", "state", "ended", "jobs", "failed", "cost")
+    for status in _client().batches():
+        table.add_row(
+            status.batch_id,
+            status.state,
+            str(status.ended),
+            str(status.total),
+            str(status.counts.get("failed", 0)),
+            f"${status.cost:.2f}",
+        )
+    out.print(table)
+
+
+@main.command()
+@click.argument("batch")
+def cancel(batch: str) -> None:
+    """Stop a batch: jobs not created are never created, jobs in flight end cancelled."""
+    ended = _steer(lambda client: client.cancel(batch), batch)
+    console.print(
+        f"batch {batch} cancelled: {ended} jobs ended as cancelled "
+        "(remote tasks already created run to their end upstream: no remote cancel)"
+    )
+
+
+@main.command()
+@click.argument("batch")
+def pause(batch: str) -> None:
+    """Create no new remote tasks for BATCH; jobs in flight go on."""
+    _steer(lambda client: client.pause(batch), batch)
+    console.print(f"batch {batch} paused; `wanq resume {batch}` goes on")
+
+
+@main.command()
+@click.argument("batch")
+@click.option("--max-cost", type=float, help="A new budget in USD (after a budget stop).")
+def resume(batch: str, max_cost: float | None) -> None:
+    """Go on after a pause or a budget stop."""
+    released = _steer(lambda client: client.resume(batch, max_cost), batch)
+    console.print(f"batch {batch} resumed: {released} waiting jobs released")
+
+
+@main.command()
+@click.argument("batch")
+@click.option("--code", "codes", multiple=True, help="Only jobs that failed with this code.")
+def retry(batch: str, codes: tuple[str, ...]) -> None:
+    """Re-run the jobs of BATCH that failed for good; successes stay untouched."""
+    reopened = _steer(lambda client: client.retry(batch, codes), batch)
+    console.print(f"batch {batch}: {reopened} failed jobs re-queued")
+
+
+@main.command("archive")
+@click.argument("batch")
+@click.option("--dir", "directory", help="Archive root (default WANQ_ARCHIVE_DIR or DATA/archive).")
+def archive_command(batch: str, directory: str | None) -> None:
+    """Download every output of BATCH not archived yet."""
+    jobs, missing, stale = _steer(lambda client: client.archive(batch, directory), batch)
+    if stale:
+        console.print(
+            f"[yellow]{stale} jobs ended over 20 h ago: their URLs expire after about 24 h[/]"
+        )
+    console.print(f"{jobs} succeeded jobs looked at; {missing} images still missing")
+    sys.exit(EXIT_INVALID if missing else 0)
+
+
+def _steer(action, batch: str):
+    client = _client()
+    _batch_or_exit(client, batch)
+    return action(client)
+
+
+def _batch_or_exit(client, batch: str) -> None:
+    if not client.store.batch(batch):
+        console.print(f"[red]no batch {batch!r}[/]")
+        sys.exit(EXIT_INVALID)
 
 
 @main.command()
@@ -223,7 +375,7 @@ def run(
             for i in range(workers):
                 stack.start_worker(f"wanq{i + 1}")
             console.print(f"started {workers} workers; logs in {settings.data_path / 'logs'}")
-        client = _client(replace(settings))
+        client = _client(settings)
         clock = Stopwatch()
         report = _submit(client, file, batch_id, allow_invalid, False)
         final = watch(client, report.batch_id, console, timeout=timeout)
@@ -233,6 +385,8 @@ def run(
             written = write_results(client.results(report.batch_id), handle)
         console.print(summary_table(final, clock.elapsed))
         console.print(f"{written} results written to {target}")
+        if settings.archive_dir:
+            console.print(f"outputs archived under {Path(settings.archive_dir) / report.batch_id}")
     finally:
         if stack.processes:
             console.print("stopping what wanq run started ...")

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from producers.api import BatchStatus, Wanq
@@ -19,6 +25,8 @@ def counts_text(status: BatchStatus) -> str:
         f"{state} {status.counts.get(state, 0)}" for state in SHOWN if status.counts.get(state)
     ]
     text = "  ".join(parts) + f"  ${status.cost:.2f}"
+    if status.control != "active" and not status.done:
+        text += f"  [bold yellow]{status.control.upper()}[/]"
     if status.account_block:
         text += f"  [bold red]PAUSED: {status.account_block.get('reason', '')}[/]"
     return text
@@ -32,25 +40,43 @@ def watch(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
         TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
         TextColumn("{task.fields[counts]}"),
     )
     with Progress(*columns, console=console, transient=False, refresh_per_second=4) as bar:
-        task = bar.add_task(batch_id, total=None, counts="")
+        task = bar.add_task(batch_id, total=None, counts="", rate="")
+        clock = Stopwatch()
+        first = client.status(batch_id).ended
 
         def update(status: BatchStatus) -> None:
-            bar.update(task, total=status.total, completed=status.ended, counts=counts_text(status))
+            rate = (status.ended - first) / max(clock.elapsed, 1e-6)
+            bar.update(
+                task,
+                total=status.total,
+                completed=status.ended,
+                counts=counts_text(status),
+                rate=f"{rate:.1f} jobs/s",
+            )
 
         return client.wait(batch_id, on_status=update, timeout=timeout)
 
 
 def summary_table(status: BatchStatus, elapsed: float | None = None) -> Table:
     table = Table(title=f"batch {status.batch_id}", show_header=False)
+    table.add_row("state", status.state)
     table.add_row("jobs", str(status.total))
     for state in SHOWN:
         if status.counts.get(state):
             table.add_row(state, str(status.counts[state]))
     table.add_row("cost (usage.cost)", f"${status.cost:.4f}")
+    if status.max_cost is not None:
+        table.add_row(
+            "budget (--max-cost)",
+            f"${status.max_cost:.4f}, ${status.reserved:.4f} reserved in flight",
+        )
     for code, n in sorted(status.failures.items()):
         table.add_row(f"failed {code}", str(n))
     if elapsed:
@@ -58,10 +84,6 @@ def summary_table(status: BatchStatus, elapsed: float | None = None) -> Table:
     if status.account_block:
         table.add_row("account", status.account_block.get("reason", "blocked"))
     return table
-
-
-def status_text(status: BatchStatus) -> dict[str, Any]:
-    return status.as_dict()
 
 
 class Stopwatch:

@@ -67,6 +67,7 @@ def submit_file(
     allow_invalid: bool = False,
     options: ValidationOptions | None = None,
     on_line: Callable[[BatchLine], None] | None = None,
+    meta: dict[str, object] | None = None,
 ) -> SubmitReport:
     """Validate and enqueue a batch file.
 
@@ -82,7 +83,7 @@ def submit_file(
                 report.invalid = invalid
                 report.submitted = False
                 return report
-        store.open_batch(report.batch_id, {})
+        store.open_batch(report.batch_id, meta or {})
         _enqueue(store, send_create, read_batch(path, options), report, on_line)
     return report
 

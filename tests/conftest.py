@@ -71,6 +71,7 @@ class Cluster:
     stack: LocalStack
     redis_url: str
     workers: list[Process] = field(default_factory=list)
+    worker_env: dict[str, str] = field(default_factory=dict)  # the producer sees it too
 
     @property
     def redis(self) -> redis.Redis:
@@ -81,6 +82,7 @@ class Cluster:
         return config.load(
             {
                 **WORKER_ENV,
+                **self.worker_env,
                 "WANQ_REDIS_URL": self.redis_url,
                 "WANQ_PROVIDER_URL": self.stack.provider_url,
             }
@@ -95,7 +97,7 @@ class Cluster:
         started = []
         for _ in range(n):
             name = f"w{len(self.workers) + 1}-{os.getpid()}"
-            worker = self.stack.start_worker(name, {**WORKER_ENV, **(env or {})})
+            worker = self.stack.start_worker(name, {**WORKER_ENV, **self.worker_env, **(env or {})})
             self.workers.append(worker)
             started.append(worker)
         for worker in started:
@@ -138,8 +140,8 @@ def make_cluster(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., Clust
         stack.redis_url = redis_url
         stack.env["WANQ_REDIS_URL"] = redis_url
         stack.start_simulator({**SIM_ENV, **(sim_env or {})})
-        cluster = Cluster(stack, redis_url)
-        cluster.start_workers(workers, worker_env)
+        cluster = Cluster(stack, redis_url, worker_env=dict(worker_env or {}))
+        cluster.start_workers(workers)
         return cluster
 
     yield make

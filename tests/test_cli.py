@@ -135,3 +135,21 @@ def _running_under(directory: Path) -> list[str]:
             if str(directory).encode() in seen and proc.name != str(os.getpid()):
                 found.append(seen.split(b"\0")[0].decode(errors="replace"))
     return found
+
+
+def test_dry_run_estimates_cost_and_groups_invalid_lines():
+    result = wanq(
+        "submit", "--dry-run", str(DEMO), env={"WANQ_UNIT_PRICE": "0.05", "PATH": "/usr/bin:/bin"}
+    )
+    assert result.returncode == 1  # some lines are invalid
+    assert "226 lines: 220 valid, 6 invalid" in result.stdout
+    assert "001021011 x1" in result.stdout and "lines 66" in result.stdout
+    from ops.sample import lines as sample_lines
+    from workers.pricing import worst_case_images
+
+    images = sum(
+        worst_case_images(line["body"])
+        for line in sample_lines(226, invalid=6)
+        if not line["custom_id"].startswith("bad-")
+    )
+    assert f"at most {images} images, at most ${images * 0.05:.2f}" in result.stdout

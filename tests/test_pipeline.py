@@ -65,7 +65,11 @@ def test_transient_faults_are_retried(make_cluster):
         "WANQ_SIM_P_SLOW": "0.05",
         "WANQ_SIM_SLOW_SECONDS": "1",
     }
-    cluster = make_cluster(workers=2, sim_env=faults, worker_env={"WANQ_MAX_ATTEMPTS": "12"})
+    cluster = make_cluster(
+        workers=2,
+        sim_env=faults,
+        worker_env={"WANQ_MAX_ATTEMPTS": "12", "WANQ_POLL_MAX_ERRORS": "20"},
+    )
     report = cluster.submit(jobs(60))
     final = cluster.wait(report.batch_id, timeout=180)
 

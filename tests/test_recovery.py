@@ -102,7 +102,7 @@ def test_finish_runs_once_per_job(make_cluster):
     record = store.job(job_id)
     from workers.store import State
 
-    wins = [store.finish(job_id, None, State.FAILED, {"job_id": job_id}) for _ in range(5)]
+    wins = [bool(store.finish(job_id, None, State.FAILED, {"job_id": job_id})) for _ in range(5)]
     assert wins == [False] * 5
     assert store.job(job_id)["state"] == record["state"] == "succeeded"
     assert json.loads(store.job(job_id)["outputs"]) == json.loads(record["outputs"])

@@ -49,6 +49,7 @@ def test_finish_once_with_one_stream_entry(store):
     }
     assert store.finish("b:j", 0, State.SUCCEEDED, record, cost_micros=60_000)
     assert not store.finish("b:j", None, State.FAILED, record, error_code="001021095")
+    assert store.finish("b:j", None, State.FAILED, record).ended is False
     assert store.job("b:j")["state"] == "succeeded"
     entries = store.redis.xrange(keys.RESULTS)
     assert len(entries) == 1 and json.loads(entries[0][1]["record"])["state"] == "succeeded"
@@ -66,13 +67,13 @@ def test_finish_with_a_stale_seq_does_nothing(store):
 
 def test_hold_and_release(store):
     store.enqueue("b", "j", REQUEST)
-    assert store.hold("b:j", 0, "HTTP 401")
+    assert store.park("b:j", 0, "account", "HTTP 401")
     job = store.job("b:j")
     assert job["state"] == "waiting" and job["hold"] == "account"
     assert store.redis.zscore(keys.DUE, "b:j") is None  # parked, not overdue
-    assert store.release_held(10) == [("b:j", 1)]
+    assert store.release(keys.HELD, 10) == [("b:j", 1)]
     assert store.redis.zscore(keys.DUE, "b:j") is not None  # swept if its message is lost
-    assert store.release_held(10) == []
+    assert store.release(keys.HELD, 10) == []
 
 
 def test_pace_spaces_creations_across_callers(store):

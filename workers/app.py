@@ -7,8 +7,8 @@ Why these settings:
   countdown poll is never redelivered while its worker is alive (celery/celery#2599), and
   restore runs every few seconds instead of kombu's default of every 100 s.
 - ``worker_eta_task_limit`` bounds the countdown messages one worker holds (celery#1302).
-- Separate queues for creation and polling; polls are read first, so a creation backlog
-  never delays a poll.
+- Separate queues for creation, polling and deliveries (archive, webhooks); polls are read
+  first, so a creation backlog never delays a poll.
 - The thread pool: every task is a short HTTP call plus a Redis script, never a wait.
 """
 
@@ -31,10 +31,11 @@ settings = config.load()
 
 app = Celery("wanq", broker=settings.broker_url, include=["workers.tasks"])
 app.conf.update(
-    task_queues=[Queue(keys.POLL_QUEUE), Queue(keys.CREATE_QUEUE)],
+    task_queues=[Queue(keys.POLL_QUEUE), Queue(keys.CREATE_QUEUE), Queue(keys.DELIVER_QUEUE)],
     task_routes={
         "wanq.create": {"queue": keys.CREATE_QUEUE},
         "wanq.poll": {"queue": keys.POLL_QUEUE},
+        "wanq.deliver": {"queue": keys.DELIVER_QUEUE},
     },
     task_default_queue=keys.CREATE_QUEUE,
     task_acks_late=True,

@@ -56,6 +56,13 @@ class Settings:
     sweep_interval: float = 5.0
     lease_ttl: float = 15.0
     account_probe_interval: float = 15.0
+    # after a job ends: archived outputs, webhooks
+    archive_dir: str = ""  # empty: outputs are not downloaded
+    archive_max_bytes: int = 50 * 1024 * 1024
+    archive_allow_hosts: str = ""  # comma-separated host[:port] allowed even if private
+    archive_allow_private: bool = False
+    webhook_secret: str = ""  # whsec_... (Standard Webhooks)
+    webhook_attempts: int = 8
 
     @property
     def broker_url(self) -> str:
@@ -75,7 +82,8 @@ class Settings:
     def redacted(self) -> dict[str, object]:
         """The settings as shown to people: the API key never appears."""
         shown: dict[str, object] = {f.name: getattr(self, f.name) for f in fields(self)}
-        shown["api_key"] = "***" if self.api_key else ""
+        for secret in ("api_key", "webhook_secret"):
+            shown[secret] = "***" if getattr(self, secret) else ""
         return shown
 
 

@@ -58,6 +58,7 @@ LINE_SHAPE = "WQ101"
 CUSTOM_ID = "WQ102"
 CUSTOM_ID_DUPLICATE = "WQ103"
 LINE_TOO_LONG = "WQ104"
+LINE_CSV = "WQ105"
 CANCELLED = "WQ200"
 
 MESSAGES: dict[str, str] = {
@@ -99,6 +100,7 @@ MESSAGES: dict[str, str] = {
     CUSTOM_ID: "custom_id must be a string of 1-64 characters",
     CUSTOM_ID_DUPLICATE: "custom_id is repeated in this batch",
     LINE_TOO_LONG: "line is longer than the batch line limit",
+    LINE_CSV: "CSV record cannot be read",
     CANCELLED: "job was cancelled",
 }
 

@@ -10,14 +10,17 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from workers import keys, schedule
-from workers.errors import GENERATION_ERROR, JobFailure
+from workers.errors import CANCELLED, GENERATION_ERROR, JobFailure
 from workers.provider import Status, cost_micros
-from workers.store import JobStore, State
+from workers.store import Finish, JobStore, State
 
 log = logging.getLogger("wanq.finalize")
+
+SendTask = Callable[..., Any]  # Celery's send_task(name, args=...) shape
 
 LATENCY_FIELD = "latency_estimate"
 
@@ -34,12 +37,23 @@ def public_record(job_id: str, job: dict[str, str]) -> dict[str, Any]:
         "outputs": _decode(job.get("outputs"), []),
         "usage": _decode(job.get("usage"), None),
         "error": _decode(job.get("error"), None),
+        "history": _decode(job.get("history"), []),
     }
+
+
+def cancel(
+    store: JobStore, job_id: str, job: dict[str, str], send_task: SendTask | None = None
+) -> Finish:
+    """End a job as cancelled, whatever state it is in (the API has no remote cancel)."""
+    failure = JobFailure(CANCELLED, "the batch was cancelled")
+    return _finish(
+        store, job_id, None, job, State.CANCELLED, error=failure.as_record(), send_task=send_task
+    )
 
 
 def succeed_or_fail(
     store: JobStore, job_id: str, seq: int, job: dict[str, str], status: Status
-) -> bool:
+) -> Finish:
     """Record a finished remote task (completed or failed) and learn its generation time."""
     if status.state == "completed":
         won = _finish(
@@ -70,10 +84,11 @@ def _finish(
     outputs: list[dict[str, str]] | None = None,
     usage: dict[str, Any] | None = None,
     error: dict[str, Any] | None = None,
-) -> bool:
+    send_task: SendTask | None = None,
+) -> Finish:
     record = public_record(job_id, job)
     record.update(state=str(state), outputs=outputs or [], usage=usage, error=error)
-    return store.finish(
+    ended = store.finish(
         job_id,
         seq,
         state,
@@ -81,6 +96,22 @@ def _finish(
         cost_micros=cost_micros(usage or {}),
         error_code=(error or {}).get("code", ""),
     )
+    announce(ended, job_id, send_task)
+    return ended
+
+
+def announce(ended: Finish, job_id: str, send_task: SendTask | None = None) -> None:
+    """Send the callbacks a job (and maybe its batch) now owes. They are also recorded in
+    ``wanq:deliver`` by the same script, so the sweeper resends them if this send is lost."""
+    if not ended.callbacks_owed:
+        return
+    if send_task is None:
+        from workers.app import app  # the app imports the tasks, which import this module
+
+        send_task = app.send_task
+    send_task("wanq.deliver", args=(job_id,))
+    if ended.batch_ended:
+        send_task("wanq.deliver", args=("batch:" + keys.batch_of(job_id),))
 
 
 def latency_estimate(store: JobStore) -> float | None:

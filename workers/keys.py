@@ -8,6 +8,7 @@ BATCHES = PREFIX + "batches"  # zset batch_id -> submitted at
 DUE = PREFIX + "due"  # zset job_id -> when its next step (poll, retry, create) is overdue
 QUEUED = PREFIX + "queued"  # zset job_id -> enqueued at, for jobs whose create never ran
 HELD = PREFIX + "held"  # zset job_id -> held at, jobs parked while the account is blocked
+DELIVER = PREFIX + "deliver"  # zset job_id (or batch:<id>) -> when its callbacks became owed
 RESULTS = PREFIX + "results"  # stream: one entry per terminal job, for downstream consumers
 ACCOUNT = PREFIX + "account"  # hash: why creation is paused for the whole cluster, if it is
 STATS = PREFIX + "stats"  # hash: cluster counters and the observed generation time
@@ -16,6 +17,8 @@ CREATE_PACE = PREFIX + "pace:create"  # string: GCRA theoretical arrival time of
 
 CREATE_QUEUE = "wanq.create"
 POLL_QUEUE = "wanq.poll"
+DELIVER_QUEUE = "wanq.deliver"
+CALLBACK_QUEUE = "wanq.callbacks"  # batches' own callback tasks: consumed by the user's workers
 
 
 def job(job_id: str) -> str:
@@ -38,6 +41,15 @@ def batch_jobs(batch_id: str) -> str:
 def batch_codes(batch_id: str) -> str:
     """Hash error code -> number of jobs of the batch that failed with it."""
     return f"{PREFIX}batch:{batch_id}:codes"
+
+
+def batch_parked(batch_id: str) -> str:
+    """Zset of the batch's jobs parked by a pause or its budget, released by ``wanq resume``."""
+    return f"{PREFIX}batch:{batch_id}:parked"
+
+
+def batch_of(job_id: str) -> str:
+    return job_id.split(":", 1)[0]
 
 
 def job_id(batch_id: str, custom_id: str) -> str:

@@ -41,6 +41,18 @@ def connect(url: str) -> redis.Redis:
 
 
 @dataclass(frozen=True)
+class Finish:
+    """What a terminal transition did: only one caller per job sees ``ended``."""
+
+    ended: bool
+    batch_ended: bool = False
+    callbacks_owed: bool = False
+
+    def __bool__(self) -> bool:
+        return self.ended
+
+
+@dataclass(frozen=True)
 class Step:
     """The answer of a compare-and-set step: did it apply, and where the job is now."""
 
@@ -52,7 +64,7 @@ class Step:
 class JobStore:
     """Jobs, batches and results in Redis; every multi-key change is one script."""
 
-    SCRIPTS = ("enqueue", "step", "finish", "release", "pace", "lease")
+    SCRIPTS = ("enqueue", "step", "claim", "finish", "release", "reopen", "pace", "lease")
 
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
@@ -143,7 +155,7 @@ class JobStore:
         incr: tuple[str, ...] = (),
         fields: dict[str, Any] | None = None,
     ) -> Step:
-        batch_id = job_id.split(":", 1)[0]
+        batch_id = keys.batch_of(job_id)
         flat: list[Any] = []
         for name, value in (fields or {}).items():
             flat += [name, _encode(value)]
@@ -171,58 +183,100 @@ class JobStore:
         *,
         cost_micros: int = 0,
         error_code: str = "",
-    ) -> bool:
-        """The terminal transition plus the stream entry, atomically and once per job."""
-        batch_id = job_id.split(":", 1)[0]
+        pipe: redis.client.Pipeline | None = None,
+    ) -> Finish:
+        """The terminal transition plus the stream entry, atomically and once per job.
+
+        With a pipeline the script's raw answer comes from ``pipe.execute()``: pass it to
+        ``finish_answer``.
+        """
+        batch_id = keys.batch_of(job_id)
         now = time.time()
         fields: list[Any] = []
         for name in ("outputs", "usage", "error"):
             if record.get(name) is not None:
                 fields += [name, _encode(record[name])]
         stream_record = {**record, "state": str(state), "completed_at": now}
-        return bool(
-            self._scripts["finish"](
-                keys=[
-                    keys.job(job_id),
-                    keys.batch(batch_id),
-                    keys.DUE,
-                    keys.QUEUED,
-                    keys.HELD,
-                    keys.RESULTS,
-                    keys.batch_codes(batch_id),
-                ],
-                args=[
-                    job_id,
-                    "" if seq is None else seq,
-                    str(state),
-                    now,
-                    cost_micros,
-                    error_code,
-                    STREAM_MAXLEN,
-                    json.dumps(stream_record),
-                    *fields,
-                ],
-            )
+        answer = self._scripts["finish"](
+            keys=[
+                keys.job(job_id),
+                keys.batch(batch_id),
+                keys.DUE,
+                keys.QUEUED,
+                keys.HELD,
+                keys.RESULTS,
+                keys.batch_codes(batch_id),
+                keys.DELIVER,
+                keys.batch_parked(batch_id),
+            ],
+            args=[
+                job_id,
+                "" if seq is None else seq,
+                str(state),
+                now,
+                cost_micros,
+                error_code,
+                STREAM_MAXLEN,
+                json.dumps(stream_record),
+                *fields,
+            ],
+            client=pipe or self.redis,
         )
+        return answer if pipe is not None else finish_answer(answer)
 
-    def hold(self, job_id: str, seq: int, reason: str) -> bool:
-        """Park a job while the account is blocked: it waits, it does not fail."""
+    def claim(self, job_id: str, seq: int, due: float, worst_micros: int, died: bool) -> Step:
+        """Claim for creation; ``previous`` says why not: stale, cancelled, paused, budget."""
+        batch_id = keys.batch_of(job_id)
+        applied, new_seq, why = self._scripts["claim"](
+            keys=[keys.job(job_id), keys.batch(batch_id), keys.DUE, keys.QUEUED],
+            args=[job_id, seq, time.time(), repr(due), worst_micros, "1" if died else "0"],
+        )
+        return Step(bool(applied), int(new_seq), why)
+
+    def park(self, job_id: str, seq: int, reason: str, detail: str = "") -> bool:
+        """Park a job: it waits (never fails) until its account or batch lets it go on.
+
+        ``reason`` is ``account`` (cluster-wide, released by a successful probe), or
+        ``paused`` / ``budget`` (this batch, released by ``wanq resume``).
+        """
         step = self.step(
             job_id,
             seq,
             (State.QUEUED, State.CREATING, State.WAITING),
             State.WAITING,
-            fields={"hold": "account", "last_error": reason},
+            fields={"hold": reason, "last_error": detail or reason},
         )
         if step.applied:
-            self.redis.zadd(keys.HELD, {job_id: time.time()}, nx=True)
+            zset = keys.HELD if reason == "account" else keys.batch_parked(keys.batch_of(job_id))
+            self.redis.zadd(zset, {job_id: time.time()}, nx=True)
         return step.applied
 
-    def release_held(self, count: int) -> list[tuple[str, int]]:
+    def release(self, zset: str, count: int) -> list[tuple[str, int]]:
+        """Unpark up to ``count`` jobs of a parked set: (job_id, seq) to send creates for."""
         flat = self._scripts["release"](
-            keys=[keys.HELD, keys.DUE], args=[count, time.time(), keys.job("")]
+            keys=[zset, keys.DUE], args=[count, time.time(), keys.job("")]
         )
         return [(flat[i], int(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+    def reopen(self, job_id: str, codes: tuple[str, ...] = ()) -> int:
+        """Re-open a failed job for another round; its new seq, or -1 if not re-opened."""
+        batch_id = keys.batch_of(job_id)
+        return int(
+            self._scripts["reopen"](
+                keys=[
+                    keys.job(job_id),
+                    keys.batch(batch_id),
+                    keys.QUEUED,
+                    keys.batch_codes(batch_id),
+                ],
+                args=[job_id, time.time(), ",".join(codes)],
+            )
+        )
+
+    def set_control(self, batch_id: str, state: str, **fields: Any) -> None:
+        """Batch state: ``active``, ``paused``, ``budget`` (paused by its cap), ``cancelled``."""
+        values = {"state": state, **{k: str(v) for k, v in fields.items()}}
+        self.redis.hset(keys.batch(batch_id), mapping=values)
 
     def pace(self, rate: float, horizon: float) -> float:
         """Seconds until this caller's creation slot (cluster-wide rate); 0 = now."""
@@ -241,6 +295,10 @@ class JobStore:
 
     def stats(self) -> dict[str, str]:
         return self.redis.hgetall(keys.STATS)
+
+
+def finish_answer(raw: list[int]) -> Finish:
+    return Finish(*(bool(flag) for flag in raw))
 
 
 def _encode(value: Any) -> str:

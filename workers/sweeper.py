@@ -9,7 +9,8 @@ What it rescues:
 - jobs in the due set past their time plus a grace period: a poll, retry or create whose
   message died with its worker;
 - queued jobs whose create message is gone (the queue is empty but they are still queued);
-- jobs parked by an account problem: one probe per interval, all released once it works.
+- jobs parked by an account problem: one probe per interval, all released once it works;
+- callbacks owed by ended jobs and batches (archive, webhook, Celery callback).
 """
 
 from __future__ import annotations
@@ -29,10 +30,10 @@ CHUNK = 500  # jobs looked at per sweep and kind
 
 def sweep(store: JobStore, settings: Settings) -> dict[str, int]:
     """One pass; returns how many jobs of each kind it re-sent."""
-    from workers.tasks import create, poll
+    from workers.tasks import create, deliver, poll
 
     now = time.time()
-    done = {"overdue": 0, "unstarted": 0, "released": 0, "probes": 0}
+    done = {"overdue": 0, "unstarted": 0, "released": 0, "probes": 0, "deliveries": 0}
     for job_id, state, seq in _overdue(store, now):
         if state == State.RUNNING:
             poll.apply_async((job_id, seq))
@@ -42,6 +43,9 @@ def sweep(store: JobStore, settings: Settings) -> dict[str, int]:
     for job_id, seq in _unstarted(store, settings, now):
         create.apply_async((job_id, seq))
         done["unstarted"] += 1
+    for target in _owed(store, now):
+        deliver.apply_async((target,))
+        done["deliveries"] += 1
     if account.blocked(store.redis):
         probe = store.redis.zrange(keys.HELD, 0, 0)
         if probe and account.probe_due(store.redis, settings.account_probe_interval):
@@ -49,7 +53,7 @@ def sweep(store: JobStore, settings: Settings) -> dict[str, int]:
             create.apply_async((probe[0], seq), {"probe": True})
             done["probes"] += 1
     else:
-        for job_id, seq in store.release_held(CHUNK):
+        for job_id, seq in store.release(keys.HELD, CHUNK):
             create.apply_async((job_id, seq))
             done["released"] += 1
     if any(done.values()):
@@ -82,6 +86,14 @@ def _overdue(store: JobStore, now: float) -> list[tuple[str, str, int]]:
         pipe.zadd(keys.DUE, {job_id: now for job_id, _, _ in found}, xx=True)
     pipe.execute()
     return found
+
+
+def _owed(store: JobStore, now: float) -> list[str]:
+    """Deliveries owed for longer than the grace period: their message was lost."""
+    targets = store.redis.zrangebyscore(keys.DELIVER, "-inf", now - GRACE, start=0, num=CHUNK)
+    if targets:
+        store.redis.zadd(keys.DELIVER, dict.fromkeys(targets, now), xx=True)
+    return targets
 
 
 def _unstarted(store: JobStore, settings: Settings, now: float) -> list[tuple[str, int]]:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import logging
 import time
 
-from workers import account, errors, keys, schedule
+from workers import account, deliveries, errors, keys, schedule
 from workers.app import app, provider, settings, store
 from workers.errors import JobFailure
-from workers.finalize import fail, latency_estimate, succeed_or_fail
+from workers.finalize import cancel, fail, latency_estimate, succeed_or_fail
+from workers.pricing import worst_case_images
 from workers.provider import AccountProblem, Rejected, Transient
 from workers.store import State
 
@@ -43,7 +44,7 @@ def create(self, job_id: str, seq: int, probe: bool = False, paced: bool = False
         return "busy"  # another worker is creating it right now
     block = account.blocked(jobs.redis)
     if block and not probe:
-        jobs.hold(job_id, seq, block.get("reason", "account blocked"))
+        jobs.park(job_id, seq, "account", block.get("reason", "account blocked"))
         return "held"
     if not paced:
         wait = jobs.pace(settings.create_rate, settings.max_countdown)
@@ -55,22 +56,25 @@ def create(self, job_id: str, seq: int, probe: bool = False, paced: bool = False
                 max_retries=None,
             )
 
-    claim = jobs.step(
-        job_id,
-        seq,
-        CLAIMABLE,
-        State.CREATING,
-        due=now + create_window(),
-        incr=("attempts", "create_window_losses") if died_in_window else ("attempts",),
-        fields={"claimed_at": now, "hold": ""},
-    )
+    request = jobs.request(job_id) or {}
+    worst = round(worst_case_images(request) * settings.unit_price * 1_000_000)
+    claim = jobs.claim(job_id, seq, now + create_window(), worst, died_in_window)
     if not claim.applied:
-        return "stale"
+        return _not_claimed(job_id, seq, job, claim.previous)
     if died_in_window:
         jobs.count("create_window_losses")
         log.warning("job %s: a create died between POST and storing the ID", job_id)
     attempts = int(job.get("attempts") or 0) + 1
-    return _create_remote(self, job_id, claim.seq, job, attempts)
+    return _create_remote(self, job_id, claim.seq, job, attempts, request)
+
+
+def _not_claimed(job_id: str, seq: int, job: dict[str, str], why: str) -> str:
+    """The batch said no: cancelled jobs end, paused or over-budget jobs park."""
+    if why == "cancelled":
+        cancel(store(), job_id, job)
+    elif why in ("paused", "budget"):
+        store().park(job_id, seq, why, f"batch {why}")
+    return why
 
 
 def _poll_if_overdue(job_id: str, job: dict[str, str]) -> str:
@@ -82,13 +86,15 @@ def _poll_if_overdue(job_id: str, job: dict[str, str]) -> str:
     return "polling"
 
 
-def _create_remote(task, job_id: str, seq: int, job: dict[str, str], attempts: int) -> str:
+def _create_remote(
+    task, job_id: str, seq: int, job: dict[str, str], attempts: int, request: dict
+) -> str:
     jobs = store()
     try:
-        remote_id = provider().create(jobs.request(job_id) or {})
+        remote_id = provider().create(request)
     except AccountProblem as exc:
         account.block(jobs.redis, exc.http_status or 0, exc.plain())
-        jobs.hold(job_id, seq, exc.plain())
+        jobs.park(job_id, seq, "account", exc.plain())
         log.warning("account problem, creation paused cluster-wide: %s", exc.plain())
         return "held"
     except Rejected as exc:
@@ -144,6 +150,9 @@ def poll(job_id: str, seq: int) -> str:
     job = jobs.job(job_id)
     if not job or int(job["seq"]) != seq or job["state"] != State.RUNNING:
         return "stale"
+    if jobs.redis.hget(keys.batch(job["batch"]), "state") == "cancelled":
+        cancel(jobs, job_id, job)
+        return "cancelled"
     now = time.time()
     if now - float(job["created_at"]) > settings.poll_deadline:
         failure = JobFailure(errors.STATUS_CHECK, f"no result after {settings.poll_deadline:.0f} s")
@@ -210,3 +219,12 @@ def _poll_again(job_id: str, seq: int, job: dict[str, str], delay: float, fields
 
 def _first_poll(job: dict[str, str], now: float) -> dict[str, float]:
     return {} if job.get("first_poll_at") else {"first_poll_at": now}
+
+
+@app.task(name="wanq.deliver", bind=True)
+def deliver(self, target: str) -> str:
+    """The callbacks a job or batch owes once it has ended (see workers.deliveries)."""
+    outcome = deliveries.deliver(store(), settings, target, app.send_task)
+    if outcome.retry_in is not None:
+        raise self.retry(countdown=outcome.retry_in, max_retries=None)
+    return "delivered"

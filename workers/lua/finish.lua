@@ -1,18 +1,21 @@
 -- End a job and publish its record, exactly once: the atomic core of the result callback.
--- Whatever duplicates or redeliveries call this, only the first call for a job returns 1.
+-- Whatever duplicates or redeliveries call this, only the first call for a job returns non-zero.
 -- KEYS[1] job hash   KEYS[2] batch hash   KEYS[3] due zset   KEYS[4] queued zset
 -- KEYS[5] held zset   KEYS[6] results stream   KEYS[7] batch codes hash
+-- KEYS[8] deliveries zset (post-terminal callbacks still owed)   KEYS[9] the batch's parked zset
 -- ARGV[1] job_id   ARGV[2] expected seq ('' accepts any)   ARGV[3] terminal state   ARGV[4] now
 -- ARGV[5] cost in micro-USD   ARGV[6] error code ('' if none)   ARGV[7] stream max length
 -- ARGV[8] the record as JSON, for the stream   ARGV[9..] field, value pairs for the job hash
--- Returns 1 when this call ended the job, 0 when it had ended already or moved on.
+-- Returns {ended, batch ended, callbacks owed}, each 0 or 1: ended is 1 only for the one call
+-- that ended the job, batch ended only for the call that ended its last job. The job's budget
+-- reservation is given back here.
 local cur = redis.call('HMGET', KEYS[1], 'state', 'seq')
 local state, seq = cur[1], cur[2]
 if not state or state == 'succeeded' or state == 'failed' or state == 'cancelled' then
-  return 0
+  return {0, 0, 0}
 end
 if ARGV[2] ~= '' and seq ~= ARGV[2] then
-  return 0
+  return {0, 0, 0}
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[3], 'seq', tonumber(seq) + 1, 'completed_at', ARGV[4])
 for i = 9, #ARGV, 2 do
@@ -29,11 +32,25 @@ end
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('ZREM', KEYS[5], ARGV[1])
+redis.call('ZREM', KEYS[9], ARGV[1])
+local reserved = tonumber(redis.call('HGET', KEYS[1], 'reserved_micros') or 0)
+if reserved > 0 then
+  redis.call('HINCRBY', KEYS[2], 'reserved_micros', -reserved)
+  redis.call('HSET', KEYS[1], 'reserved_micros', 0)
+end
+local deliver = redis.call('HGET', KEYS[2], 'deliver') == '1'
+if deliver then
+  redis.call('ZADD', KEYS[8], ARGV[4], ARGV[1])
+end
 redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[7], '*',
   'job_id', ARGV[1], 'state', ARGV[3], 'record', ARGV[8])
 local b = redis.call('HMGET', KEYS[2], 'total', 'n:succeeded', 'n:failed', 'n:cancelled')
 local ended = tonumber(b[2] or 0) + tonumber(b[3] or 0) + tonumber(b[4] or 0)
-if tonumber(b[1] or 0) == ended then
-  redis.call('HSET', KEYS[2], 'finished_at', ARGV[4])
+local owed = deliver and 1 or 0
+if tonumber(b[1] or 0) == ended and redis.call('HSETNX', KEYS[2], 'finished_at', ARGV[4]) == 1 then
+  if deliver then
+    redis.call('ZADD', KEYS[8], ARGV[4], 'batch:' .. redis.call('HGET', KEYS[1], 'batch'))
+  end
+  return {1, 1, owed}
 end
-return 1
+return {1, 0, owed}

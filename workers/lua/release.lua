@@ -1,6 +1,6 @@
--- Release up to N jobs parked while the account was blocked. Each released job is put back
+-- Release up to N parked jobs (account problem, paused batch, budget). Each one is put back
 -- in the due set first, so a create message lost after this script still gets swept.
--- KEYS[1] held zset   KEYS[2] due zset
+-- KEYS[1] the zset they are parked in   KEYS[2] due zset
 -- ARGV[1] how many   ARGV[2] now   ARGV[3] job key prefix
 -- Returns a flat list: job_id, seq, job_id, seq, ...
 local released = {}
@@ -9,7 +9,7 @@ for i = 1, #items, 2 do
   local id = items[i]
   local key = ARGV[3] .. id
   local cur = redis.call('HMGET', key, 'state', 'hold', 'seq')
-  if cur[1] == 'waiting' and cur[2] == 'account' then
+  if cur[1] == 'waiting' and cur[2] and cur[2] ~= '' then
     redis.call('HSET', key, 'hold', '')
     redis.call('ZADD', KEYS[2], ARGV[2], id)
     table.insert(released, id)

@@ -1,0 +1,393 @@
+"""Keep a finished job's outputs on disk: provider URLs expire after about 24 hours.
+
+An overnight batch would otherwise lose its images by the time anyone looks. Every output
+is saved under an archive directory in the provider's order (``00.png``, ``01.txt``...).
+
+A failed download never fails the job (it was paid for): the item keeps its URL and gets an
+``archive_error``, and calling ``archive_outputs`` again fetches only what is missing.
+
+The URLs come from a remote answer, so they are not trusted: only http(s), no private,
+loopback or otherwise non-public addresses (checked again on every redirect hop) unless the
+host is explicitly allowed, a size cap, timeouts, and a session of its own, never the
+provider's (whose headers carry the API key). Error messages name the host, never the full
+URL: signed URLs carry credentials in their query string.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+import re
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+
+CHUNK_BYTES = 64 * 1024
+MAX_REDIRECTS = 3
+BACKOFF_SECONDS = 0.5  # first retry delay, doubled after each further failure
+DEFAULT_PORTS = {"http": 80, "https": 443}
+EXTENSIONS = {
+    "image/png": "png",
+    "image/jpeg": "jpg",
+    "image/jpg": "jpg",
+    "image/pjpeg": "jpg",
+    "image/webp": "webp",
+    "image/bmp": "bmp",
+    "image/x-ms-bmp": "bmp",
+}
+DEFAULT_EXTENSION = "png"
+ARCHIVE_FIELDS = ("path", "bytes", "sha256", "archive_error")
+# most specific first: loopback, link-local... addresses are also "private" to ipaddress
+NON_PUBLIC = ("loopback", "link_local", "multicast", "unspecified", "reserved", "private")
+UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+MAX_NAME = 100  # well under any filesystem's 255-byte limit, with room for the hash suffix
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True)
+class DownloadLimits:
+    max_bytes: int = 50 * 1024 * 1024
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    attempts: int = 3  # retried with backoff (0.5 s, 1 s ...) on connection errors, 429, 5xx
+    allow_private: bool = False  # True: fetch from any address, private networks included
+    allowed_hosts: frozenset[str] = frozenset()  # "host" or "host:port", always allowed
+
+
+class ArchiveError(Exception):
+    """A download or write that failed, in plain words (never the URL or any secret)."""
+
+
+class _Retryable(ArchiveError):
+    """A failure worth another attempt: connection errors, timeouts, 429, 5xx."""
+
+
+def new_session() -> requests.Session:
+    """A session for downloads only, with no credentials and no hidden retries of its own."""
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_maxsize=4, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.headers["User-Agent"] = "wanq-archive"
+    return session
+
+
+# --- public API ------------------------------------------------------------------------------
+
+
+def download(
+    url: str, dest: Path, limits: DownloadLimits, session: requests.Session | None = None
+) -> tuple[int, str]:
+    """Stream url into dest (via ``dest.with_suffix('.part')``, renamed atomically).
+
+    Returns (bytes, sha256 hex); raises ArchiveError, leaving neither dest nor a part file
+    behind on failure.
+    """
+    _path, size, digest = _download(url, lambda _content_type: dest, limits, session)
+    return size, digest
+
+
+def archive_outputs(
+    outputs: list[dict[str, Any]],
+    directory: Path,
+    limits: DownloadLimits,
+    session: requests.Session | None = None,
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Save a job's outputs under directory as ``{index:02d}.{ext}``, index = position in list.
+
+    Returns the outputs (copies; saved items get "path", "bytes" and "sha256", failed ones an
+    "archive_error" and keep their URL) and the error messages. Never raises for one item;
+    items already archived (file present with the recorded size) are not fetched again.
+    """
+    own_session = session is None
+    session = session or new_session()
+    archived: list[dict[str, Any]] = []
+    errors: list[str] = []
+    try:
+        for index, item in enumerate(outputs):
+            result = _archive_item(index, item, directory, limits, session)
+            archived.append(result)
+            if "archive_error" in result:
+                errors.append(f"output {index}: {result['archive_error']}")
+    finally:
+        if own_session:
+            session.close()
+    return archived, errors
+
+
+def archive_dir(root: Path, batch_id: str, custom_id: str) -> Path:
+    """root/batch_id/custom_id, both made filesystem-safe: never outside root, never shared."""
+    return root / _safe_name(batch_id) / _safe_name(custom_id)
+
+
+# --- outputs ---------------------------------------------------------------------------------
+
+
+def _archive_item(
+    index: int,
+    item: dict[str, Any],
+    directory: Path,
+    limits: DownloadLimits,
+    session: requests.Session,
+) -> dict[str, Any]:
+    if item.get("type") not in ("image", "text") or _already_archived(item):
+        return dict(item)
+    fresh = {key: value for key, value in item.items() if key not in ARCHIVE_FIELDS}
+    try:
+        path, size, digest = _save(index, fresh, directory, limits, session)
+    except Exception as exc:  # a paid job must never fail because its archive did
+        reason = str(exc) if isinstance(exc, ArchiveError) else f"unexpected {type(exc).__name__}"
+        return {**fresh, "archive_error": reason}
+    return {**fresh, "path": str(path), "bytes": size, "sha256": digest}
+
+
+def _save(
+    index: int,
+    item: dict[str, Any],
+    directory: Path,
+    limits: DownloadLimits,
+    session: requests.Session,
+) -> tuple[Path, int, str]:
+    stem = f"{index:02d}"
+    if item["type"] == "text":
+        text = item.get("text")
+        if not isinstance(text, str):
+            raise ArchiveError("text item has no text")
+        return _write_text(directory / f"{stem}.txt", text)
+    url = item.get("url")
+    if not isinstance(url, str) or not url:
+        raise ArchiveError("image item has no URL")
+    return _download(url, lambda ctype: directory / f"{stem}.{_extension(ctype)}", limits, session)
+
+
+def _already_archived(item: dict[str, Any]) -> bool:
+    path = item.get("path")
+    if not isinstance(path, str) or not isinstance(item.get("bytes"), int):
+        return False
+    try:
+        return Path(path).stat().st_size == item["bytes"]
+    except OSError:
+        return False
+
+
+def _extension(content_type: str) -> str:
+    mime = content_type.split(";", 1)[0].strip().lower()
+    return EXTENSIONS.get(mime, DEFAULT_EXTENSION)
+
+
+def _write_text(path: Path, text: str) -> tuple[Path, int, str]:
+    data = text.encode("utf-8")
+    with _atomic_file(path) as handle:
+        handle.write(data)
+    return path, len(data), hashlib.sha256(data).hexdigest()
+
+
+# --- downloading -----------------------------------------------------------------------------
+
+
+def _download(
+    url: str,
+    dest_for: Callable[[str], Path],
+    limits: DownloadLimits,
+    session: requests.Session | None,
+) -> tuple[Path, int, str]:
+    """Fetch with retries; dest_for maps the answer's Content-Type to the file to write."""
+    own_session = session is None
+    session = session or new_session()
+    attempts = max(1, limits.attempts)
+    try:
+        for attempt in range(1, attempts):
+            try:
+                return _fetch_once(url, dest_for, limits, session)
+            except _Retryable:
+                time.sleep(BACKOFF_SECONDS * 2 ** (attempt - 1))
+        try:
+            return _fetch_once(url, dest_for, limits, session)
+        except _Retryable as exc:
+            raise ArchiveError(f"{exc} (gave up after {attempts} attempts)") from None
+    finally:
+        if own_session:
+            session.close()
+
+
+def _fetch_once(
+    url: str, dest_for: Callable[[str], Path], limits: DownloadLimits, session: requests.Session
+) -> tuple[Path, int, str]:
+    response, host = _open(url, limits, session)
+    with response:
+        _check_announced_length(response, limits.max_bytes)
+        dest = dest_for(response.headers.get("Content-Type", ""))
+        size, digest = _stream(response, dest, limits.max_bytes, host)
+    return dest, size, digest
+
+
+def _open(
+    url: str, limits: DownloadLimits, session: requests.Session
+) -> tuple[requests.Response, str]:
+    """GET url, following at most MAX_REDIRECTS redirects, each hop checked before it is sent."""
+    for _hop in range(MAX_REDIRECTS + 1):
+        host = _check_url(url, limits)
+        with _network_errors(host):
+            response = session.get(
+                url,
+                stream=True,
+                allow_redirects=False,
+                timeout=(limits.connect_timeout, limits.read_timeout),
+                headers={"Authorization": None},  # drop one a caller's session may carry
+            )
+        if not response.is_redirect:
+            _check_status(response, host)
+            return response, host
+        url = urljoin(url, response.headers["Location"])
+        response.close()
+    raise ArchiveError(f"more than {MAX_REDIRECTS} redirects")
+
+
+@contextmanager
+def _network_errors(host: str) -> Iterator[None]:
+    """requests' exceptions as ArchiveErrors, worded without the URL they carry."""
+    try:
+        yield
+    except requests.Timeout:
+        raise _Retryable(f"timed out talking to {host}") from None
+    except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError):
+        raise _Retryable(f"connection to {host} failed") from None
+    except requests.RequestException as exc:
+        raise ArchiveError(f"download from {host} failed ({type(exc).__name__})") from None
+
+
+def _check_status(response: requests.Response, host: str) -> None:
+    code = response.status_code
+    if 200 <= code < 300:
+        return
+    response.close()
+    if code == 429 or code >= 500:
+        raise _Retryable(f"HTTP {code} from {host}")
+    raise ArchiveError(f"HTTP {code} from {host}")
+
+
+def _check_announced_length(response: requests.Response, max_bytes: int) -> None:
+    try:
+        announced = int(response.headers.get("Content-Length", ""))
+    except ValueError:
+        return  # absent or garbled: the streamed count still enforces the limit
+    if announced > max_bytes:
+        raise ArchiveError(
+            f"the server announces {announced} bytes (Content-Length), "
+            f"more than the limit of {max_bytes}"
+        )
+
+
+def _stream(response: requests.Response, dest: Path, max_bytes: int, host: str) -> tuple[int, str]:
+    digest, size = hashlib.sha256(), 0
+    # network errors are translated inside the file's context: requests' exceptions are
+    # OSErrors, which _atomic_file would otherwise report as a failed write
+    with _atomic_file(dest) as handle, _network_errors(host):
+        for chunk in response.iter_content(CHUNK_BYTES):
+            size += len(chunk)
+            if size > max_bytes:
+                raise ArchiveError(f"the file is larger than the limit of {max_bytes} bytes")
+            digest.update(chunk)
+            handle.write(chunk)
+    return size, digest.hexdigest()
+
+
+@contextmanager
+def _atomic_file(dest: Path) -> Iterator[Any]:
+    """Write dest.with_suffix('.part'), then rename: a reader never sees half a file."""
+    part = dest.with_suffix(".part")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with open(part, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(part, dest)
+    except OSError as exc:
+        part.unlink(missing_ok=True)
+        raise ArchiveError(f"cannot write {dest.name}: {exc.strerror or exc}") from None
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+
+
+# --- which addresses may be fetched ----------------------------------------------------------
+
+
+def _check_url(url: str, limits: DownloadLimits) -> str:
+    """The URL's host, if its scheme and address may be fetched; ArchiveError otherwise."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in DEFAULT_PORTS:
+        raise ArchiveError(f"only http and https URLs are archived, not {scheme or 'no scheme'!r}")
+    host = parts.hostname
+    if not host:
+        raise ArchiveError("the URL has no host")
+    try:
+        port = parts.port or DEFAULT_PORTS[scheme]
+    except ValueError:
+        raise ArchiveError(f"the URL for {host} has an invalid port") from None
+    if limits.allow_private or _is_allowed(host, port, limits.allowed_hosts):
+        return host
+    for address in _resolve(host, port):
+        kind = _non_public_kind(address)
+        if kind:
+            raise ArchiveError(
+                f"refused {host}: it resolves to {address}, a {kind} address "
+                "(allow_private or allowed_hosts would permit it)"
+            )
+    return host
+
+
+def _is_allowed(host: str, port: int, allowed_hosts: frozenset[str]) -> bool:
+    with_port = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return bool({host, with_port} & {entry.lower() for entry in allowed_hosts})
+
+
+def _resolve(host: str, port: int) -> list[Address]:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        raise _Retryable(f"cannot resolve {host}") from None
+    return [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
+
+
+def _non_public_kind(address: Address) -> str | None:
+    """Why address is not a public one ("loopback", "private"...), or None if it is."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped  # ::ffff:127.0.0.1 reaches 127.0.0.1
+    for kind in NON_PUBLIC:
+        if getattr(address, f"is_{kind}"):
+            return kind.replace("_", "-")
+    return None if address.is_global else "non-global"
+
+
+def _safe_name(raw: str) -> str:
+    """raw as one path component; a hash of raw is appended whenever anything was changed."""
+    safe = UNSAFE_CHARS.sub("_", raw)[:MAX_NAME]
+    if not safe.strip("."):  # "", "." and ".." are not names of their own
+        safe = "_" * max(1, len(safe))
+    if safe != raw:
+        raw_bytes = raw.encode("utf-8", "surrogatepass")
+        safe += "-" + hashlib.sha1(raw_bytes, usedforsecurity=False).hexdigest()[:8]
+    return safe
+
+
+__all__ = [
+    "ArchiveError",
+    "DownloadLimits",
+    "archive_dir",
+    "archive_outputs",
+    "download",
+    "new_session",
+]
