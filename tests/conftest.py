@@ -47,6 +47,21 @@ SIM_ENV = {
 _db_numbers = itertools.count(1)
 
 
+@pytest.fixture
+def opened(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Every file the batch reader opens itself, to check it closes them."""
+    from producers import batchfile
+
+    files: list = []
+
+    def recording_open(*args: Any) -> Any:
+        files.append(open(*args))  # noqa: SIM115 - the code under test closes it
+        return files[-1]
+
+    monkeypatch.setattr(batchfile, "open", recording_open, raising=False)
+    return files
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     stack = LocalStack(tmp_path_factory.mktemp("redis"))

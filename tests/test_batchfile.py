@@ -8,7 +8,7 @@ import sys
 import types
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import pytest
 
@@ -184,15 +184,8 @@ def test_dash_reads_stdin(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_path_given_as_str_is_opened_binary_and_closed_at_the_end(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, opened: list[IO[bytes]]
 ) -> None:
-    opened: list[IO[bytes]] = []
-
-    def recording_open(*args: Any) -> IO[bytes]:
-        opened.append(open(*args))  # noqa: SIM115 - the code under test closes it
-        return opened[-1]
-
-    monkeypatch.setattr(batchfile, "open", recording_open, raising=False)
     lines = read_batch(str(write(tmp_path, line("a"), line("b"))))
     assert next(lines).custom_id == "a"
     assert not opened[0].closed

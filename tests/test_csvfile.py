@@ -6,7 +6,7 @@ import io
 import sys
 import types
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import pytest
 from PIL import Image
@@ -240,16 +240,7 @@ def test_empty_csv_file_has_no_header(tmp_path: Path, text: bytes) -> None:
         read_batch(write(tmp_path, text))
 
 
-def test_bad_header_closes_the_file_we_opened(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    opened: list[IO[bytes]] = []
-
-    def recording_open(*args: Any) -> IO[bytes]:
-        opened.append(open(*args))  # noqa: SIM115 - the code under test closes it
-        return opened[-1]
-
-    monkeypatch.setattr(batchfile, "open", recording_open, raising=False)
+def test_bad_header_closes_the_file_we_opened(tmp_path: Path, opened: list[IO[bytes]]) -> None:
     with pytest.raises(ValueError, match="unknown column"):
         read_batch(str(write(tmp_path, "custom_id,prompt,size_\n")))
     assert opened[0].closed
