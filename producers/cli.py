@@ -16,6 +16,8 @@ from workers import config
 from workers.errors import message_for
 
 console = Console(stderr=True, soft_wrap=True)
+if not console.is_terminal:  # logs and CI: room for the progress line's counts
+    console = Console(stderr=True, soft_wrap=True, width=160)
 out = Console(soft_wrap=True)
 
 EXIT_INVALID = 1
