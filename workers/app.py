@@ -63,7 +63,7 @@ app.conf.update(
 
 @functools.cache
 def store() -> JobStore:
-    return JobStore.from_url(settings.broker_url)
+    return JobStore.from_url(settings.broker_url, settings.max_in_flight)
 
 
 @functools.cache

@@ -53,7 +53,10 @@ class Settings:
     # cluster
     concurrency: int = 16
     create_rate: float = 0.0  # creations per second across the cluster; 0 = unlimited
+    poll_rate: float = 0.0  # status polls per second across the cluster; 0 = unlimited
+    max_in_flight: int = 0  # remote tasks being created or run at once, cluster-wide; 0 = no cap
     sweep_interval: float = 5.0
+    sweep_grace: float = 30.0  # a step overdue by this much counts as lost and is sent again
     lease_ttl: float = 15.0
     account_probe_interval: float = 15.0
     # after a job ends: archived outputs, webhooks

@@ -101,17 +101,21 @@ def _finish(
 
 
 def announce(ended: Finish, job_id: str, send_task: SendTask | None = None) -> None:
-    """Send the callbacks a job (and maybe its batch) now owes. They are also recorded in
-    ``wanq:deliver`` by the same script, so the sweeper resends them if this send is lost."""
-    if not ended.callbacks_owed:
+    """Send what ending a job set off: the callbacks it (and maybe its batch) owes, and the
+    create of the job admitted to its in-flight slot. The same script recorded them in Redis
+    (``wanq:deliver``, the due set), so the sweeper resends them if this send is lost."""
+    if not (ended.callbacks_owed or ended.admitted):
         return
     if send_task is None:
         from workers.app import app  # the app imports the tasks, which import this module
 
         send_task = app.send_task
-    send_task("wanq.deliver", args=(job_id,))
-    if ended.batch_ended:
+    if ended.callbacks_owed:
+        send_task("wanq.deliver", args=(job_id,))
+    if ended.batch_ended and ended.callbacks_owed:
         send_task("wanq.deliver", args=("batch:" + keys.batch_of(job_id),))
+    if ended.admitted:
+        send_task("wanq.create", args=ended.admitted)
 
 
 def latency_estimate(store: JobStore) -> float | None:

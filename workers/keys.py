@@ -8,12 +8,16 @@ BATCHES = PREFIX + "batches"  # zset batch_id -> submitted at
 DUE = PREFIX + "due"  # zset job_id -> when its next step (poll, retry, create) is overdue
 QUEUED = PREFIX + "queued"  # zset job_id -> enqueued at, for jobs whose create never ran
 HELD = PREFIX + "held"  # zset job_id -> held at, jobs parked while the account is blocked
+INFLIGHT = PREFIX + "inflight"  # zset job_id -> claimed at: remote tasks being created or run
+SLOTS = PREFIX + "slots"  # zset job_id -> parked at: jobs waiting for an in-flight slot (FIFO)
 DELIVER = PREFIX + "deliver"  # zset job_id (or batch:<id>) -> when its callbacks became owed
 RESULTS = PREFIX + "results"  # stream: one entry per terminal job, for downstream consumers
 ACCOUNT = PREFIX + "account"  # hash: why creation is paused for the whole cluster, if it is
 STATS = PREFIX + "stats"  # hash: cluster counters and the observed generation time
 SWEEPER_LEASE = PREFIX + "sweeper:lease"  # string: the worker that sweeps now
 CREATE_PACE = PREFIX + "pace:create"  # string: GCRA theoretical arrival time of creations
+POLL_PACE = PREFIX + "pace:poll"  # string: the same for status polls
+PACE_RATE = PREFIX + "pace:rate"  # string: creations/s after 429s tightened the pace
 
 CREATE_QUEUE = "wanq.create"
 POLL_QUEUE = "wanq.poll"

@@ -42,11 +42,15 @@ def connect(url: str) -> redis.Redis:
 
 @dataclass(frozen=True)
 class Finish:
-    """What a terminal transition did: only one caller per job sees ``ended``."""
+    """What a terminal transition did: only one caller per job sees ``ended``.
+
+    ``admitted`` is the (job_id, seq) that took the freed in-flight slot: send its create.
+    """
 
     ended: bool
     batch_ended: bool = False
     callbacks_owed: bool = False
+    admitted: tuple[str, int] | None = None
 
     def __bool__(self) -> bool:
         return self.ended
@@ -66,16 +70,17 @@ class JobStore:
 
     SCRIPTS = ("enqueue", "step", "claim", "finish", "release", "reopen", "pace", "lease")
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, max_in_flight: int = 0) -> None:
         self.redis = client
+        self.max_in_flight = max_in_flight
         lua = resources.files("workers") / "lua"
         self._scripts = {
             name: client.register_script((lua / f"{name}.lua").read_text()) for name in self.SCRIPTS
         }
 
     @classmethod
-    def from_url(cls, url: str) -> JobStore:
-        return cls(connect(url))
+    def from_url(cls, url: str, max_in_flight: int = 0) -> JobStore:
+        return cls(connect(url), max_in_flight)
 
     # --- producers -------------------------------------------------------------------------
 
@@ -208,6 +213,8 @@ class JobStore:
                 keys.batch_codes(batch_id),
                 keys.DELIVER,
                 keys.batch_parked(batch_id),
+                keys.INFLIGHT,
+                keys.SLOTS,
             ],
             args=[
                 job_id,
@@ -218,6 +225,8 @@ class JobStore:
                 error_code,
                 STREAM_MAXLEN,
                 json.dumps(stream_record),
+                self.max_in_flight,
+                keys.job(""),
                 *fields,
             ],
             client=pipe or self.redis,
@@ -225,19 +234,28 @@ class JobStore:
         return answer if pipe is not None else finish_answer(answer)
 
     def claim(self, job_id: str, seq: int, due: float, worst_micros: int, died: bool) -> Step:
-        """Claim for creation; ``previous`` says why not: stale, cancelled, paused, budget."""
+        """Claim for creation; ``previous`` says why not: stale, cancelled, paused, budget, full."""
         batch_id = keys.batch_of(job_id)
         applied, new_seq, why = self._scripts["claim"](
-            keys=[keys.job(job_id), keys.batch(batch_id), keys.DUE, keys.QUEUED],
-            args=[job_id, seq, time.time(), repr(due), worst_micros, "1" if died else "0"],
+            keys=[keys.job(job_id), keys.batch(batch_id), keys.DUE, keys.QUEUED, keys.INFLIGHT],
+            args=[
+                job_id,
+                seq,
+                time.time(),
+                repr(due),
+                worst_micros,
+                "1" if died else "0",
+                self.max_in_flight,
+            ],
         )
         return Step(bool(applied), int(new_seq), why)
 
     def park(self, job_id: str, seq: int, reason: str, detail: str = "") -> bool:
         """Park a job: it waits (never fails) until its account or batch lets it go on.
 
-        ``reason`` is ``account`` (cluster-wide, released by a successful probe), or
-        ``paused`` / ``budget`` (this batch, released by ``wanq resume``).
+        ``reason`` is ``account`` (cluster-wide, released by a successful probe), ``slot``
+        (the in-flight cap is reached: released as jobs end), or ``paused`` / ``budget`` (this
+        batch, released by ``wanq resume``). A parked job gives up its in-flight slot.
         """
         step = self.step(
             job_id,
@@ -247,8 +265,11 @@ class JobStore:
             fields={"hold": reason, "last_error": detail or reason},
         )
         if step.applied:
-            zset = keys.HELD if reason == "account" else keys.batch_parked(keys.batch_of(job_id))
-            self.redis.zadd(zset, {job_id: time.time()}, nx=True)
+            zset = PARKED_IN.get(reason) or keys.batch_parked(keys.batch_of(job_id))
+            pipe = self.redis.pipeline()
+            pipe.zadd(zset, {job_id: time.time()}, nx=True)
+            pipe.zrem(keys.INFLIGHT, job_id)
+            pipe.execute()
         return step.applied
 
     def release(self, zset: str, count: int) -> list[tuple[str, int]]:
@@ -278,12 +299,14 @@ class JobStore:
         values = {"state": state, **{k: str(v) for k, v in fields.items()}}
         self.redis.hset(keys.batch(batch_id), mapping=values)
 
-    def pace(self, rate: float, horizon: float) -> float:
-        """Seconds until this caller's creation slot (cluster-wide rate); 0 = now."""
-        if rate <= 0:
-            return 0.0
+    def pace(self, rate: float, horizon: float, key: str = keys.CREATE_PACE) -> float:
+        """Seconds until this caller's slot under a cluster-wide rate (GCRA); 0 = now.
+
+        Creations also follow the rate 429s have tightened (``workers.pacing``).
+        """
+        tightened = keys.PACE_RATE if key == keys.CREATE_PACE else keys.PACE_RATE + ":none"
         return float(
-            self._scripts["pace"](keys=[keys.CREATE_PACE], args=[time.time(), 1.0 / rate, horizon])
+            self._scripts["pace"](keys=[key, tightened], args=[time.time(), rate, horizon])
         )
 
     def take_lease(self, name: str, holder: str, ttl: float) -> bool:
@@ -297,8 +320,17 @@ class JobStore:
         return self.redis.hgetall(keys.STATS)
 
 
-def finish_answer(raw: list[int]) -> Finish:
-    return Finish(*(bool(flag) for flag in raw))
+PARKED_IN = {"account": keys.HELD, "slot": keys.SLOTS}
+
+
+def finish_answer(raw: list) -> Finish:
+    ended, batch_ended, owed, admitted, admitted_seq = raw
+    return Finish(
+        bool(ended),
+        bool(batch_ended),
+        bool(owed),
+        (admitted, int(admitted_seq)) if admitted else None,
+    )
 
 
 def _encode(value: Any) -> str:

@@ -24,7 +24,6 @@ from workers.store import TERMINAL, JobStore, State
 
 log = logging.getLogger("wanq.sweeper")
 
-GRACE = 30.0  # overdue by this much before a step counts as lost
 CHUNK = 500  # jobs looked at per sweep and kind
 
 
@@ -33,17 +32,28 @@ def sweep(store: JobStore, settings: Settings) -> dict[str, int]:
     from workers.tasks import create, deliver, poll
 
     now = time.time()
-    done = {"overdue": 0, "unstarted": 0, "released": 0, "probes": 0, "deliveries": 0}
-    for job_id, state, seq in _overdue(store, now):
+    grace = settings.sweep_grace
+    done = {
+        "overdue": 0,
+        "unstarted": 0,
+        "released": 0,
+        "probes": 0,
+        "deliveries": 0,
+        "admitted": 0,
+    }
+    for job_id, state, seq in _overdue(store, now, grace):
         if state == State.RUNNING:
             poll.apply_async((job_id, seq))
         else:
             create.apply_async((job_id, seq))
         done["overdue"] += 1
+    for job_id, seq in _admit(store, settings.max_in_flight):
+        create.apply_async((job_id, seq))
+        done["admitted"] += 1
     for job_id, seq in _unstarted(store, settings, now):
         create.apply_async((job_id, seq))
         done["unstarted"] += 1
-    for target in _owed(store, now):
+    for target in _owed(store, now, grace):
         deliver.apply_async((target,))
         done["deliveries"] += 1
     if account.blocked(store.redis):
@@ -63,10 +73,19 @@ def sweep(store: JobStore, settings: Settings) -> dict[str, int]:
     return done
 
 
-def _overdue(store: JobStore, now: float) -> list[tuple[str, str, int]]:
+def _admit(store: JobStore, cap: int) -> list[tuple[str, int]]:
+    """Jobs waiting for an in-flight slot while slots are free (ending jobs admit one each;
+    this covers slots freed otherwise, and admissions whose message was lost)."""
+    if cap <= 0:
+        return []
+    free = cap - store.redis.zcard(keys.INFLIGHT)
+    return store.release(keys.SLOTS, min(free, CHUNK)) if free > 0 else []
+
+
+def _overdue(store: JobStore, now: float, grace: float) -> list[tuple[str, str, int]]:
     """Jobs past their step; each is pushed back one grace period so it is re-sent once."""
     r = store.redis
-    ids = r.zrangebyscore(keys.DUE, "-inf", now - GRACE, start=0, num=CHUNK)
+    ids = r.zrangebyscore(keys.DUE, "-inf", now - grace, start=0, num=CHUNK)
     if not ids:
         return []
     pipe = r.pipeline(transaction=False)
@@ -88,9 +107,9 @@ def _overdue(store: JobStore, now: float) -> list[tuple[str, str, int]]:
     return found
 
 
-def _owed(store: JobStore, now: float) -> list[str]:
+def _owed(store: JobStore, now: float, grace: float) -> list[str]:
     """Deliveries owed for longer than the grace period: their message was lost."""
-    targets = store.redis.zrangebyscore(keys.DELIVER, "-inf", now - GRACE, start=0, num=CHUNK)
+    targets = store.redis.zrangebyscore(keys.DELIVER, "-inf", now - grace, start=0, num=CHUNK)
     if targets:
         store.redis.zadd(keys.DELIVER, dict.fromkeys(targets, now), xx=True)
     return targets
@@ -105,7 +124,7 @@ def _unstarted(store: JobStore, settings: Settings, now: float) -> list[tuple[st
     r = store.redis
     if r.llen(keys.CREATE_QUEUE) > 0:
         return []
-    cutoff = now - settings.visibility_timeout - GRACE
+    cutoff = now - settings.visibility_timeout - settings.sweep_grace
     ids = r.zrangebyscore(keys.QUEUED, "-inf", cutoff, start=0, num=CHUNK)
     if not ids:
         return []

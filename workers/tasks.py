@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 
-from workers import account, deliveries, errors, keys, schedule
+from workers import account, deliveries, errors, keys, pacing, schedule
 from workers.app import app, provider, settings, store
 from workers.errors import JobFailure
 from workers.finalize import cancel, fail, latency_estimate, succeed_or_fail
@@ -69,11 +69,14 @@ def create(self, job_id: str, seq: int, probe: bool = False, paced: bool = False
 
 
 def _not_claimed(job_id: str, seq: int, job: dict[str, str], why: str) -> str:
-    """The batch said no: cancelled jobs end, paused or over-budget jobs park."""
+    """Cancelled jobs end; jobs of a paused or over-budget batch, or over the in-flight cap,
+    park in Redis (not as countdown messages in a worker) until they may go on."""
     if why == "cancelled":
         cancel(store(), job_id, job)
     elif why in ("paused", "budget"):
         store().park(job_id, seq, why, f"batch {why}")
+    elif why == "full":
+        store().park(job_id, seq, "slot", "waiting for an in-flight slot")
     return why
 
 
@@ -101,10 +104,15 @@ def _create_remote(
         fail(jobs, job_id, seq, job, JobFailure(errors.HTTP_ERROR, str(exc), remote=exc.remote()))
         return "failed"
     except Transient as exc:
+        if exc.http_status == 429:
+            rate = pacing.tighten(jobs.redis, settings.create_rate)
+            if rate is not None:
+                log.warning("HTTP 429: cluster creation pace tightened to %.2f/s", rate)
         return _retry_create(task, job_id, seq, job, attempts, exc)
 
     if account.unblock(jobs.redis):
         log.info("the account works again: creation resumes")
+    pacing.relax(jobs.redis, settings.create_rate)
     delay = schedule.first_poll_delay(latency_estimate(jobs), settings)
     now = time.time()
     running = jobs.step(
@@ -145,11 +153,19 @@ def _retry_create(
 
 
 @app.task(name="wanq.poll")
-def poll(job_id: str, seq: int) -> str:
+def poll(job_id: str, seq: int, paced: bool = False) -> str:
     jobs = store()
     job = jobs.job(job_id)
     if not job or int(job["seq"]) != seq or job["state"] != State.RUNNING:
         return "stale"
+    if not paced:
+        wait = jobs.pace(settings.poll_rate, settings.max_countdown, keys.POLL_PACE)
+        if wait > 0:
+            reserved = wait <= settings.max_countdown
+            poll.apply_async(
+                (job_id, seq), {"paced": reserved}, countdown=min(wait, settings.max_countdown)
+            )
+            return "paced"
     if jobs.redis.hget(keys.batch(job["batch"]), "state") == "cancelled":
         cancel(jobs, job_id, job)
         return "cancelled"

@@ -1,11 +1,16 @@
 -- Claim a job for creation: compare-and-set on seq, then the batch's controls, then its budget.
 -- The budget reserves the job's worst-case cost until the job ends (finish.lua gives it back),
 -- so spent cost plus the worst case of everything in flight never passes the cap.
+-- A cluster-wide cap on remote tasks in flight is checked here too: a job holds its place in
+-- the in-flight set from its claim until it ends or is parked.
 -- KEYS[1] job hash   KEYS[2] batch hash   KEYS[3] due zset   KEYS[4] queued zset
+-- KEYS[5] in-flight zset
 -- ARGV[1] job_id   ARGV[2] expected seq   ARGV[3] now   ARGV[4] when the create is overdue
 -- ARGV[5] the job's worst-case cost in micro-USD   ARGV[6] '1' if the last claim died mid-create
+-- ARGV[7] in-flight cap (0 = none)
 -- Returns {1, new seq, previous state}, or {0, seq, why} with why one of
--- 'stale' (moved on), 'cancelled', 'paused' (batch paused) and 'budget' (cap reached).
+-- 'stale' (moved on), 'cancelled', 'paused' (batch paused), 'budget' (cap reached) and
+-- 'full' (the in-flight cap is reached).
 local cur = redis.call('HMGET', KEYS[1], 'state', 'seq', 'reserved_micros')
 local state, seq = cur[1], cur[2]
 if not state or seq ~= ARGV[2] or not (state == 'queued' or state == 'waiting' or state == 'creating') then
@@ -18,6 +23,11 @@ end
 if control[1] == 'paused' or control[1] == 'budget' then
   return {0, tonumber(seq), 'paused'}
 end
+local cap = tonumber(ARGV[7])
+local holds_slot = redis.call('ZSCORE', KEYS[5], ARGV[1])
+if cap > 0 and not holds_slot and redis.call('ZCARD', KEYS[5]) >= cap then
+  return {0, tonumber(seq), 'full'}
+end
 if control[2] and tonumber(cur[3] or 0) == 0 then
   local committed = tonumber(control[3] or 0) + tonumber(control[4] or 0)
   if committed + tonumber(ARGV[5]) > tonumber(control[2]) then
@@ -26,6 +36,9 @@ if control[2] and tonumber(cur[3] or 0) == 0 then
   end
   redis.call('HINCRBY', KEYS[2], 'reserved_micros', ARGV[5])
   redis.call('HSET', KEYS[1], 'reserved_micros', ARGV[5])
+end
+if not holds_slot then
+  redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
 end
 local new_seq = tonumber(seq) + 1
 redis.call('HSET', KEYS[1], 'state', 'creating', 'seq', new_seq, 'claimed_at', ARGV[3], 'hold', '')

@@ -1,10 +1,19 @@
--- Cluster-wide pace for creations (GCRA). Reserves the caller a slot and says how long to wait
--- for it; a wait longer than the horizon reserves nothing (the caller comes back later).
--- KEYS[1] pace key (theoretical arrival time, seconds)
--- ARGV[1] now   ARGV[2] interval between creations (1 / rate)   ARGV[3] horizon (max wait)
+-- Cluster-wide pace (GCRA). Reserves the caller a slot and says how long to wait for it;
+-- a wait longer than the horizon reserves nothing (the caller comes back later). The rate is
+-- the configured one, or lower while 429s have tightened it (see workers/pacing.py).
+-- KEYS[1] pace key (theoretical arrival time, seconds)   KEYS[2] tightened rate ('' if none)
+-- ARGV[1] now   ARGV[2] configured rate per second (0 = none)   ARGV[3] horizon (max wait)
 -- Returns the wait in seconds as a string; '0' means go now.
 local now = tonumber(ARGV[1])
-local interval = tonumber(ARGV[2])
+local rate = tonumber(ARGV[2])
+local tightened = tonumber(redis.call('GET', KEYS[2]) or 0)
+if tightened > 0 and (rate <= 0 or tightened < rate) then
+  rate = tightened
+end
+if rate <= 0 then
+  return '0'
+end
+local interval = 1 / rate
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then
   tat = now
