@@ -13,6 +13,16 @@ if ! command -v redis-server >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
 fi
 
+if ! command -v docker-compose >/dev/null 2>&1; then
+  # Only to validate docker-compose.yml offline in the tests; no Docker engine is needed.
+  echo "installing docker-compose (Debian package) ..."
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    docker-compose >/dev/null
+fi
+
 PYTHON="${PYTHON:-python3}"
 stamp=".venv/.wanq-installed"
 want="$(sha256sum pyproject.toml | cut -c1-16)"

@@ -101,6 +101,7 @@ class LocalStack:
             "yes",
         ]
         self._spawn("redis", args)
+        self._redis_args = args
         url = f"redis://127.0.0.1:{port}/0"
         client = redis.Redis.from_url(url)
         wait_for(client.ping, "redis-server")
@@ -108,6 +109,16 @@ class LocalStack:
         self.redis_url = url
         self.env["WANQ_REDIS_URL"] = url
         return url
+
+    def restart_redis(self) -> None:
+        """Stop Redis (SIGTERM: it writes its AOF out) and start it again on the same data."""
+        redis_process = next(p for p in self.processes if p.name == "redis")
+        redis_process.stop()
+        self.processes.remove(redis_process)
+        self._spawn("redis", self._redis_args)
+        client = redis.Redis.from_url(self.redis_url)
+        wait_for(client.ping, "redis-server after a restart")
+        client.close()
 
     def start_simulator(self, extra_env: dict[str, str] | None = None) -> str:
         ready = self.data_dir / f"sim-{os.getpid()}-{len(self.processes)}.addr"

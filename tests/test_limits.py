@@ -61,7 +61,9 @@ def test_tighten_halves_once_per_burst_down_to_a_floor_and_relax_recovers(r):
     def next_burst() -> None:
         r.delete(keys.PACE_RATE + ":cooldown")  # as if the cooldown had run out
 
-    assert pacing.tighten(r, configured=8.0) == 4.0
+    assert pacing.tighten(r, configured=8.0) is None, "a lone 429 is only retried"
+    assert pacing.tighten(r, configured=8.0) is None
+    assert pacing.tighten(r, configured=8.0) == 4.0, "the third within the window: a burst"
     assert pacing.tighten(r, configured=8.0) is None, "same burst: halved once"
     next_burst()
     assert pacing.tighten(r, configured=8.0) == 2.0

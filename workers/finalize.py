@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from workers import keys, schedule
+from workers import keys, metrics, schedule
 from workers.errors import CANCELLED, GENERATION_ERROR, JobFailure
 from workers.provider import Status, cost_micros
 from workers.store import Finish, JobStore, State
@@ -97,6 +97,9 @@ def _finish(
         error_code=(error or {}).get("code", ""),
     )
     announce(ended, job_id, send_task)
+    if ended:  # once per ended job, for the Prometheus histograms (lag, polls per job)
+        remote_done = state == State.SUCCEEDED or (error or {}).get("code") == GENERATION_ERROR
+        metrics.observe_job_end(store.redis, job, remote_done=remote_done)
     return ended
 
 

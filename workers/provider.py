@@ -49,6 +49,7 @@ class ProviderError(Exception):
 class Transient(ProviderError):
     retry_after: float | None = None
     unparseable: bool = False
+    ambiguous: bool = False  # the request may have reached the provider: no answer came back
 
 
 @dataclass
@@ -111,8 +112,11 @@ class ProviderClient:
         timeout = (self.settings.connect_timeout, self.settings.read_timeout)
         try:
             response = self.session.request(method, url, timeout=timeout, **kwargs)
+        except requests.ConnectTimeout:
+            raise Transient("ConnectTimeout calling the provider") from None
         except requests.RequestException as exc:
-            raise Transient(f"{type(exc).__name__} calling the provider") from None
+            # Sent, perhaps: a create that timed out may still have made a remote task.
+            raise Transient(f"{type(exc).__name__} calling the provider", ambiguous=True) from None
         return classify(response)
 
 

@@ -104,6 +104,9 @@ def _create_remote(
         fail(jobs, job_id, seq, job, JobFailure(errors.HTTP_ERROR, str(exc), remote=exc.remote()))
         return "failed"
     except Transient as exc:
+        if exc.ambiguous:  # no answer to a POST: a duplicate remote task is possible; count it
+            jobs.count("create_ambiguous")
+            jobs.redis.hincrby(keys.job(job_id), "create_ambiguous", 1)
         if exc.http_status == 429:
             rate = pacing.tighten(jobs.redis, settings.create_rate)
             if rate is not None:

@@ -1,0 +1,298 @@
+"""Job-level metrics for Prometheus: what Flower cannot know, read from wanq's Redis.
+
+Two halves:
+
+- ``record_job_end`` is called once per ended job (by the result callback). It adds the
+  job's result lag and poll count to two cumulative histograms, each one Redis hash, in one
+  MULTI/EXEC round trip, so a scrape never sees a bucket updated without its count.
+- ``WanqCollector`` reads Redis at scrape time with bounded work: no SCAN, only the
+  ``BATCH_LIMIT`` most recent batches of ``wanq:batches``, one pipelined round trip for them
+  and the cluster-wide values, plus one for the account state.
+
+``serve`` exposes a registry holding only the collector over HTTP (``/metrics``).
+
+Label values are batch IDs, job states, error codes and queue names only: never a payload,
+a prompt, a URL or a secret.
+
+The histogram hashes (``RESULT_LAG_KEY``, ``POLLS_KEY``) have one field per bucket upper
+bound, spelt as Prometheus spells ``le`` (``"0.1"``, ``"1.0"``, ``"+Inf"``), holding the
+cumulative count of observations at or below it, plus ``"_sum"`` and ``"_count"``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import redis
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+from workers import account, keys
+from workers.store import ALL_STATES, State, connect
+
+log = logging.getLogger("wanq.metrics")
+
+METRICS_PREFIX = keys.PREFIX + "metrics:"
+# hash: cumulative histogram of result lag in seconds (see ``result_lag``), one field per ``le``
+RESULT_LAG_KEY = METRICS_PREFIX + "result_lag_seconds"
+# hash: cumulative histogram of status polls per ended job, one field per ``le``
+POLLS_KEY = METRICS_PREFIX + "polls_per_job"
+
+LAG_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, math.inf)
+POLL_BUCKETS = (1.0, 2.0, 3.0, 4.0, 5.0, 8.0, 12.0, 20.0, math.inf)
+SUM_FIELD = "_sum"
+COUNT_FIELD = "_count"
+
+BATCH_LIMIT = 200  # batches read per scrape: the most recent ones of wanq:batches
+QUEUES = (keys.CREATE_QUEUE, keys.POLL_QUEUE, keys.DELIVER_QUEUE)
+UNACKED_KEY = "unacked"  # kombu's hash of delivered, not yet acknowledged messages
+DUPLICATE_CREATES_FIELD = "create_window_losses"  # in wanq:stats
+IN_FLIGHT_STATES = (State.CREATING, State.RUNNING)
+
+DEFAULT_PORT = 9808
+
+
+def bucket_label(bound: float) -> str:
+    """The ``le`` value of a bucket, as Prometheus writes it (also the hash field name)."""
+    return floatToGoString(bound)
+
+
+# --- recording (workers) ---------------------------------------------------------------------
+
+
+def record_job_end(client: redis.Redis, lag_seconds: float | None, polls: int) -> None:
+    """Add one ended job to the histograms, in one round trip (MULTI/EXEC).
+
+    ``lag_seconds`` is None when the job has no meaningful lag (see ``result_lag``); a
+    negative lag (clocks of two workers a little apart) counts as 0. ``polls`` is the number
+    of status polls the job took.
+    """
+    if polls < 0:
+        raise ValueError(f"polls must be >= 0, not {polls}")
+    if lag_seconds is not None and math.isnan(lag_seconds):
+        raise ValueError("lag_seconds is NaN")
+    pipe = client.pipeline(transaction=True)
+    if lag_seconds is not None:
+        lag = max(0.0, float(lag_seconds))
+        _observe(pipe, RESULT_LAG_KEY, LAG_BUCKETS, lag)
+        pipe.hincrbyfloat(RESULT_LAG_KEY, SUM_FIELD, lag)
+    _observe(pipe, POLLS_KEY, POLL_BUCKETS, polls)
+    pipe.hincrby(POLLS_KEY, SUM_FIELD, int(polls))
+    pipe.execute()
+
+
+def _observe(pipe: Any, key: str, bounds: tuple[float, ...], value: float) -> None:
+    for bound in bounds:
+        if value <= bound:
+            pipe.hincrby(key, bucket_label(bound), 1)
+    pipe.hincrby(key, COUNT_FIELD, 1)
+
+
+def result_lag(job: Mapping[str, str], stored_at: float) -> float | None:
+    """How late a remote task's record was stored, at most: ``stored_at - last_miss_at``.
+
+    The remote task finished after the last poll that found it unfinished (``last_miss_at``)
+    and before the poll that found it done, so this is an honest upper bound on the lag, and
+    exactly the slack the polling schedule controls. None when no poll ever found the task
+    unfinished: then the lag is only known to be below the whole generation time, which is
+    not a lag.
+    """
+    last_miss = job.get("last_miss_at")
+    if not last_miss:
+        return None
+    return stored_at - float(last_miss)
+
+
+def observe_job_end(
+    client: redis.Redis,
+    job: Mapping[str, str],
+    *,
+    remote_done: bool,
+    stored_at: float | None = None,
+) -> None:
+    """What the result callback calls once a job has ended; never raises.
+
+    ``job`` is the job hash as the caller read it before ending the job. ``remote_done`` is
+    True when a poll found the remote task finished (succeeded, or failed upstream): that poll
+    is not in ``job["polls"]`` yet, and only then is there a result lag. Jobs that never had a
+    remote task (cancelled while queued, creation failed) are not observed.
+    """
+    try:
+        if not job.get("remote_task_id"):
+            return
+        polls = int(job.get("polls") or 0) + (1 if remote_done else 0)
+        now = time.time() if stored_at is None else stored_at
+        lag = result_lag(job, now) if remote_done else None
+        record_job_end(client, lag, polls)
+    except (redis.RedisError, ValueError):
+        log.warning("job metrics not recorded", exc_info=True)
+
+
+# --- reading (scrape time) -------------------------------------------------------------------
+
+
+class WanqCollector(Collector):
+    """wanq's job-level metrics, read from Redis at each scrape with bounded work.
+
+    ``client`` must decode responses (``workers.store.connect``). ``in_flight_cap`` is the
+    cluster's ``max_in_flight`` setting (0: no cap).
+    """
+
+    def __init__(
+        self, client: redis.Redis, in_flight_cap: int = 0, batch_limit: int = BATCH_LIMIT
+    ) -> None:
+        self.redis = client
+        self.in_flight_cap = in_flight_cap
+        self.batch_limit = batch_limit
+
+    def collect(self) -> Iterator[Metric]:
+        batch_ids = self.redis.zrevrange(keys.BATCHES, 0, self.batch_limit - 1)
+        pipe = self.redis.pipeline(transaction=False)
+        for batch_id in batch_ids:
+            pipe.hgetall(keys.batch(batch_id))
+            pipe.hgetall(keys.batch_codes(batch_id))
+        for queue in QUEUES:
+            pipe.llen(queue)
+        pipe.hlen(UNACKED_KEY)
+        pipe.hmget(RESULT_LAG_KEY, _fields(LAG_BUCKETS))
+        pipe.hmget(POLLS_KEY, _fields(POLL_BUCKETS))
+        pipe.hget(keys.STATS, DUPLICATE_CREATES_FIELD)
+        answers = pipe.execute()
+        blocked = account.blocked(self.redis)
+
+        n = 2 * len(batch_ids)
+        per_batch, (depths, unacked, lag, polls, duplicates) = answers[:n], _split(answers[n:])
+
+        jobs = GaugeMetricFamily(
+            "wanq_jobs", "Jobs of a batch in each state.", labels=["batch", "state"]
+        )
+        cost = CounterMetricFamily(
+            "wanq_cost_usd", "USD spent by a batch (sum of usage.cost).", labels=["batch"]
+        )
+        failures = CounterMetricFamily(
+            "wanq_failures",
+            "Jobs of a batch that failed, by error code (wanq retry lowers it: a reset).",
+            labels=["batch", "code"],
+        )
+        in_flight = 0
+        for index, batch_id in enumerate(batch_ids):
+            fields, codes = per_batch[2 * index], per_batch[2 * index + 1]
+            if not fields:
+                continue
+            for state in ALL_STATES:
+                count = _int(fields.get(f"n:{state.value}"))
+                jobs.add_metric([batch_id, state.value], count)
+                if state in IN_FLIGHT_STATES:
+                    in_flight += count
+            cost.add_metric([batch_id], _int(fields.get("cost_micros")) / 1_000_000)
+            for code, count in sorted(codes.items()):
+                if _int(count) > 0:
+                    failures.add_metric([batch_id, code], _int(count))
+        yield jobs
+        yield cost
+        yield failures
+
+        yield GaugeMetricFamily(
+            "wanq_in_flight",
+            f"Jobs creating or running, over the {self.batch_limit} most recent batches.",
+            value=in_flight,
+        )
+        yield GaugeMetricFamily(
+            "wanq_in_flight_cap",
+            "The cluster's cap on remote tasks in flight (0: no cap).",
+            value=self.in_flight_cap,
+        )
+        queue_depth = GaugeMetricFamily(
+            "wanq_queue_depth", "Messages waiting in a Celery queue.", labels=["queue"]
+        )
+        for queue, depth in zip(QUEUES, depths, strict=True):
+            queue_depth.add_metric([queue], depth)
+        yield queue_depth
+        yield GaugeMetricFamily(
+            "wanq_unacked", "Messages delivered to workers, not yet acknowledged.", value=unacked
+        )
+        yield GaugeMetricFamily(
+            "wanq_account_blocked",
+            "1 while creation is paused cluster-wide by an account problem (401/403).",
+            value=1 if blocked else 0,
+        )
+        yield _histogram(
+            "wanq_result_lag_seconds",
+            "Upper bound on seconds from a remote task finishing to its record being stored "
+            "(stored at - last poll that found it unfinished).",
+            LAG_BUCKETS,
+            lag,
+        )
+        yield _histogram("wanq_polls_per_job", "Status polls per ended job.", POLL_BUCKETS, polls)
+        yield CounterMetricFamily(
+            "wanq_duplicate_creates",
+            "Remote tasks created twice: a create died between its POST and storing the ID.",
+            value=_int(duplicates),
+        )
+
+
+def _fields(bounds: tuple[float, ...]) -> list[str]:
+    return [*(bucket_label(b) for b in bounds), SUM_FIELD, COUNT_FIELD]
+
+
+def _split(tail: list[Any]) -> tuple[list[int], int, list[Any], list[Any], Any]:
+    depths = [int(d) for d in tail[: len(QUEUES)]]
+    unacked, lag, polls, duplicates = tail[len(QUEUES) :]
+    return depths, int(unacked), lag, polls, duplicates
+
+
+def _histogram(name: str, doc: str, bounds: tuple[float, ...], values: list[Any]) -> Metric:
+    *counts, total, _count = values
+    buckets = [(bucket_label(b), _int(c)) for b, c in zip(bounds, counts, strict=True)]
+    return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=float(total or 0))
+
+
+def _int(raw: Any) -> int:
+    return int(raw or 0)
+
+
+# --- serving ---------------------------------------------------------------------------------
+
+
+def serve(
+    settings: Any,
+    port: int = DEFAULT_PORT,
+    addr: str = "127.0.0.1",
+    *,
+    stop: threading.Event | None = None,
+) -> None:
+    """Serve ``/metrics`` (a registry holding only ``WanqCollector``); blocks until ``stop``
+    is set, or for ever without one."""
+    client = connect(settings.broker_url)
+    registry = CollectorRegistry()
+    registry.register(WanqCollector(client, int(getattr(settings, "max_in_flight", 0) or 0)))
+    server, thread = start_http_server(port, addr, registry=registry)
+    log.info("metrics on http://%s:%d/metrics", addr, port)
+    try:
+        (stop or threading.Event()).wait()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+        client.close()
+
+
+if __name__ == "__main__":  # python -m workers.metrics [PORT]
+    import sys
+
+    from workers import config
+
+    logging.basicConfig(level=logging.INFO)
+    serve(config.load(), int(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_PORT)
