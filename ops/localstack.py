@@ -135,7 +135,10 @@ class LocalStack:
         return self.provider_url
 
     def start_worker(self, name: str, extra_env: dict[str, str] | None = None) -> Process:
-        celery = [
+        celery = [  # supervised: restarted if it dies of an error (see ops/supervise.py)
+            sys.executable,
+            "-m",
+            "ops.supervise",
             sys.executable,
             "-m",
             "celery",

@@ -30,7 +30,7 @@ def create_window() -> float:
     return settings.connect_timeout + settings.read_timeout + 5.0
 
 
-@app.task(name="wanq.create", bind=True)
+@app.task(name="wanq.create", bind=True, max_retries=None)  # attempts are counted in Redis
 def create(self, job_id: str, seq: int, probe: bool = False, paced: bool = False) -> str:
     jobs = store()
     job = jobs.job(job_id)
@@ -53,7 +53,6 @@ def create(self, job_id: str, seq: int, probe: bool = False, paced: bool = False
             raise self.retry(
                 kwargs={"probe": probe, "paced": reserved},
                 countdown=min(wait, settings.max_countdown),
-                max_retries=None,
             )
 
     request = jobs.request(job_id) or {}
@@ -152,7 +151,7 @@ def _retry_create(
     )
     if not backoff.applied:
         return "stale"
-    raise task.retry(args=(job_id, backoff.seq), kwargs={}, countdown=delay, max_retries=None)
+    raise task.retry(args=(job_id, backoff.seq), kwargs={}, countdown=delay)
 
 
 @app.task(name="wanq.poll")
@@ -240,10 +239,10 @@ def _first_poll(job: dict[str, str], now: float) -> dict[str, float]:
     return {} if job.get("first_poll_at") else {"first_poll_at": now}
 
 
-@app.task(name="wanq.deliver", bind=True)
+@app.task(name="wanq.deliver", bind=True, max_retries=None)
 def deliver(self, target: str) -> str:
     """The callbacks a job or batch owes once it has ended (see workers.deliveries)."""
     outcome = deliveries.deliver(store(), settings, target, app.send_task)
     if outcome.retry_in is not None:
-        raise self.retry(countdown=outcome.retry_in, max_retries=None)
+        raise self.retry(countdown=outcome.retry_in)
     return "delivered"
