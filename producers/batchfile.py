@@ -27,6 +27,7 @@ from workers import errors
 from workers.errors import ValidationError
 
 MAX_LINE_BYTES = 16 * 1024 * 1024  # a line longer than this -> WQ104 without parsing it
+MAX_JOBS = 1_000_000  # lines past this -> one WQ106 and the reading stops: split the file
 # (for CSV: a record of more characters than this, its final line break not counted)
 MAX_CUSTOM_ID = 64
 _SKIP_CHUNK = 1024 * 1024
@@ -65,8 +66,19 @@ def read_batch(
     is_csv = _is_csv(source, fmt)
     stream, owned = _open(source)
     if is_csv:
-        return _read_csv(csvfile.read_rows(stream, owned, MAX_LINE_BYTES), options)
-    return _read(stream, owned, options)
+        return _capped(_read_csv(csvfile.read_rows(stream, owned, MAX_LINE_BYTES), options))
+    return _capped(_read(stream, owned, options))
+
+
+def _capped(lines: Iterator[BatchLine]) -> Iterator[BatchLine]:
+    """At most MAX_JOBS lines, then one error line: a batch that size is a mistake or a split."""
+    for count, line in enumerate(lines, start=1):
+        if count > MAX_JOBS:
+            detail = f"more than {MAX_JOBS:,} jobs; split the file into several batches"
+            yield BatchLine(line.line, None, None, ValidationError(errors.BATCH_TOO_LARGE, detail))
+            lines.close()
+            return
+        yield line
 
 
 def _is_csv(source: str | Path | IO[bytes], fmt: str | None) -> bool:

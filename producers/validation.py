@@ -51,6 +51,7 @@ def validate_request(body: object, options: ValidationOptions = DEFAULT_OPTIONS)
     """Return a normalized copy of ``body``; raise ValidationError for its first problem."""
     if not isinstance(body, dict):
         raise ValidationError(errors.BODY_TYPE, f"got {json_type(body)}")
+    _check_depth(body)
     request = copy.deepcopy(body)
     if request.get("model") != MODEL:
         raise ValidationError(errors.MODEL, _got(request, "model"), "model")
@@ -67,6 +68,22 @@ def validate_request(body: object, options: ValidationOptions = DEFAULT_OPTIONS)
         _optional_bool(params, flag)
     _check_images(content, options)
     return request
+
+
+MAX_DEPTH = 32  # a valid request nests 6 deep; far deeper is junk (and would blow the stack)
+
+
+def _check_depth(body: dict) -> None:
+    """Refuse absurd nesting before anything recursive (deepcopy) touches it; iterative."""
+    stack: list[tuple[object, int]] = [(body, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ValidationError(errors.FIELD_TYPE, f"nested deeper than {MAX_DEPTH} levels")
+        if isinstance(value, dict):
+            stack.extend((item, depth + 1) for item in value.values())
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1) for item in value)
 
 
 def _message_content(request: dict) -> list:

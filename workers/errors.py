@@ -59,6 +59,7 @@ CUSTOM_ID = "WQ102"
 CUSTOM_ID_DUPLICATE = "WQ103"
 LINE_TOO_LONG = "WQ104"
 LINE_CSV = "WQ105"
+BATCH_TOO_LARGE = "WQ106"
 CANCELLED = "WQ200"
 
 MESSAGES: dict[str, str] = {
@@ -101,6 +102,7 @@ MESSAGES: dict[str, str] = {
     CUSTOM_ID_DUPLICATE: "custom_id is repeated in this batch",
     LINE_TOO_LONG: "line is longer than the batch line limit",
     LINE_CSV: "CSV record cannot be read",
+    BATCH_TOO_LARGE: "batch file has too many lines",
     CANCELLED: "job was cancelled",
 }
 
