@@ -76,7 +76,7 @@ class LocalStack:
     def __post_init__(self) -> None:
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
 
-    def start_redis(self, port: int | None = None) -> str:
+    def start_redis(self, port: int | None = None, password: str = "") -> str:
         server = shutil.which("redis-server")
         if not server:
             raise StackError("redis-server is not installed (Debian: apt-get install redis-server)")
@@ -100,9 +100,11 @@ class LocalStack:
             "--protected-mode",
             "yes",
         ]
+        if password:
+            args += ["--requirepass", password]
         self._spawn("redis", args)
         self._redis_args = args
-        url = f"redis://127.0.0.1:{port}/0"
+        url = f"redis://{':' + password + '@' if password else ''}127.0.0.1:{port}/0"
         client = redis.Redis.from_url(url)
         wait_for(client.ping, "redis-server")
         client.close()

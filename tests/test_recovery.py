@@ -4,6 +4,7 @@ entry, whatever happens to the workers and the messages."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import time
 from collections import Counter
 
@@ -107,3 +108,44 @@ def test_finish_runs_once_per_job(make_cluster):
     assert store.job(job_id)["state"] == record["state"] == "succeeded"
     assert json.loads(store.job(job_id)["outputs"]) == json.loads(record["outputs"])
     assert stream_job_ids(cluster)[job_id] == 1
+
+
+def test_a_password_protected_redis_works_and_its_password_stays_out_of_logs(tmp_path):
+    import json as _json
+
+    from ops.localstack import LocalStack
+    from producers.api import Wanq
+    from tests.conftest import SIM_ENV, WORKER_ENV
+    from workers import config
+
+    password = "redis-pw-5f3a9c1e7b"
+    with LocalStack(tmp_path) as stack:
+        stack.start_redis(password=password)
+        stack.start_simulator(SIM_ENV)
+        worker = stack.start_worker("auth", WORKER_ENV)
+        wait_for(lambda: "ready." in worker.log.read_text(), "worker", 60)
+        client = Wanq(config.load({**WORKER_ENV, "WANQ_REDIS_URL": stack.redis_url}))
+        source = tmp_path / "b.jsonl"
+        source.write_text("".join(_json.dumps(line) + "\n" for line in jobs(5)))
+        report = client.submit(source)
+        final = client.wait(report.batch_id, interval=0.2, timeout=60)
+        assert final.counts["succeeded"] == 5
+        logs = "".join(p.log.read_text() for p in stack.processes)
+        assert password not in logs and "redis://:**@" in logs
+
+
+def test_another_worker_takes_over_the_sweep_when_its_holder_dies(make_cluster):
+    cluster = make_cluster(workers=2, worker_env={"WANQ_LEASE_TTL": "3"})
+    holder = wait_for(lambda: cluster.redis.get(keys.SWEEPER_LEASE), "a sweeper lease", 30)
+    pids = {}
+    for worker in cluster.workers:  # each worker's Celery process is the supervisor's child
+        proc = Path(f"/proc/{worker.popen.pid}/task/{worker.popen.pid}/children")
+        children = proc.read_text()
+        pids[worker.name] = {int(pid) for pid in children.split()}
+    victim = next(w for w in cluster.workers if int(holder.rsplit(":", 1)[1]) in pids[w.name])
+    victim.kill()
+    new_holder = wait_for(
+        lambda: (h := cluster.redis.get(keys.SWEEPER_LEASE)) and h != holder and h, "takeover", 30
+    )
+    survivor = next(w for w in cluster.workers if w is not victim)
+    assert int(new_holder.rsplit(":", 1)[1]) in pids[survivor.name]
