@@ -4,9 +4,9 @@ entry, whatever happens to the workers and the messages."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 import time
 from collections import Counter
+from pathlib import Path
 
 from ops.localstack import wait_for
 from tests.conftest import jobs
