@@ -76,7 +76,11 @@ class LocalStack:
     def __post_init__(self) -> None:
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
 
-    def start_redis(self, port: int | None = None, password: str = "") -> str:
+    def start_redis(
+        self, port: int | None = None, password: str = "", tls: Path | None = None
+    ) -> str:
+        """Start redis-server with AOF on; ``tls``: a folder with ca.crt, server.crt and
+        server.key, to serve TLS only (a ``rediss://`` URL checked against that CA)."""
         server = shutil.which("redis-server")
         if not server:
             raise StackError("redis-server is not installed (Debian: apt-get install redis-server)")
@@ -102,9 +106,26 @@ class LocalStack:
         ]
         if password:
             args += ["--requirepass", password]
+        if tls:
+            args[args.index("--port") + 1] = "0"
+            args += [
+                "--tls-port",
+                str(port),
+                "--tls-cert-file",
+                str(tls / "server.crt"),
+                "--tls-key-file",
+                str(tls / "server.key"),
+                "--tls-ca-cert-file",
+                str(tls / "ca.crt"),
+                "--tls-auth-clients",
+                "no",
+            ]
         self._spawn("redis", args)
         self._redis_args = args
-        url = f"redis://{':' + password + '@' if password else ''}127.0.0.1:{port}/0"
+        auth = f":{password}@" if password else ""
+        url = f"redis://{auth}127.0.0.1:{port}/0"
+        if tls:
+            url = f"rediss://{auth}127.0.0.1:{port}/0?ssl_cert_reqs=required&ssl_ca_certs={tls}/ca.crt"
         client = redis.Redis.from_url(url)
         wait_for(client.ping, "redis-server")
         client.close()

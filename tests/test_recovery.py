@@ -4,9 +4,12 @@ entry, whatever happens to the workers and the messages."""
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections import Counter
 from pathlib import Path
+
+import pytest
 
 from ops.localstack import wait_for
 from tests.conftest import jobs
@@ -149,3 +152,80 @@ def test_another_worker_takes_over_the_sweep_when_its_holder_dies(make_cluster):
     )
     survivor = next(w for w in cluster.workers if w is not victim)
     assert int(new_holder.rsplit(":", 1)[1]) in pids[survivor.name]
+
+
+def make_certificates(folder: Path) -> Path:
+    """A throwaway CA and a server certificate for 127.0.0.1, made with openssl."""
+    import subprocess
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=wanq-test-ca",
+    )
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    )
+    (folder / "ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
+    )
+    return folder
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl makes the test certificates")
+def test_one_rediss_url_serves_broker_and_store_over_tls(tmp_path):
+    from ops.localstack import LocalStack
+    from producers.api import Wanq
+    from tests.conftest import SIM_ENV, WORKER_ENV
+    from workers import config
+
+    certs = make_certificates(tmp_path)
+    with LocalStack(tmp_path / "stack") as stack:
+        url = stack.start_redis(tls=certs)
+        assert url.startswith("rediss://")
+        stack.start_simulator(SIM_ENV)
+        worker = stack.start_worker("tls", WORKER_ENV)
+        wait_for(lambda: "ready." in worker.log.read_text(), "worker over TLS", 60)
+        client = Wanq(config.load({**WORKER_ENV, "WANQ_REDIS_URL": url}))
+        source = tmp_path / "b.jsonl"
+        source.write_text("".join(json.dumps(line) + "\n" for line in jobs(4)))
+        report = client.submit(source)
+        final = client.wait(report.batch_id, interval=0.2, timeout=60)
+        assert final.counts["succeeded"] == 4
