@@ -434,7 +434,11 @@ class Simulator:
         task = self.tasks.get(task_id)
         if task is None:
             return _error(404, "404", "task not found")
-        state = task.state(time.monotonic(), self.config.pending_fraction)
+        now = time.monotonic()
+        state = task.state(now, self.config.pending_fraction)
+        # Wall-clock instants (epoch seconds), comparable with the times wanq records: when
+        # the task was created and when it finishes (its outcome is fixed at creation).
+        created_at = time.time() - (now - task.created)
         return web.json_response(
             {
                 "task_id": task_id,
@@ -442,6 +446,8 @@ class Simulator:
                 "request": task.request,
                 "image_count": task.image_count,
                 "key_in_body": task.key_in_body,
+                "created_at": created_at,
+                "completes_at": created_at + task.latency,
             }
         )
 

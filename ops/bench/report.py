@@ -1,0 +1,406 @@
+"""The report: every figure beside its target and what bounds it, as JSON and Markdown.
+
+Each figure is ``{"value", "unit", "target", "met", "bound", "detail"}``; ``target`` is the
+comparison as text (``">= 5000"``), ``met`` whether the value satisfies it. Nothing here
+measures: it only reads the phases' results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import operator
+from dataclasses import dataclass
+from typing import Any
+
+from ops.bench.baseline import NaiveResult
+from ops.bench.completion import RunResult
+from ops.bench.inflight import InFlightResult
+from ops.bench.params import Params
+from ops.bench.submission import SubmitResult
+
+REQUIRED = (
+    "submit_jobs_per_s",
+    "submit_vs_redis_ceiling",
+    "completion_vs_limit",
+    "vs_naive",
+    "polls_per_job",
+    "lag_p50_vs_latency",
+    "redis_bytes_per_queued_job",
+    "cpu_s_per_1000_jobs",
+    "worker_rss_mb_10k_in_flight",
+)
+COMPARE = {">=": operator.ge, "<=": operator.le, "<": operator.lt, ">": operator.gt}
+CPU_BOUND = 0.75  # a worker process (4 threads, one GIL) this busy has no CPU to spare
+FLAT = 1.10  # scaling counts as flat when the best run is within this factor of the worst
+IN_FLIGHT_GOAL = 10_000
+
+
+@dataclass
+class Figure:
+    key: str
+    title: str
+    value: float
+    unit: str
+    target: str
+    met: bool
+    bound: str
+    detail: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        value = round(self.value, 4) if math.isfinite(self.value) else None
+        return {
+            "value": value,
+            "unit": self.unit,
+            "target": self.target,
+            "met": bool(self.met and value is not None),
+            "title": self.title,
+            "bound": self.bound,
+            "detail": self.detail,
+        }
+
+
+def check(value: float, op: str, threshold: float, note: str = "") -> tuple[str, bool]:
+    """The target as text and whether ``value`` meets it (never with a missing value)."""
+    target = f"{op} {_num(threshold)}" + (f" ({note})" if note else "")
+    return target, math.isfinite(value) and COMPARE[op](value, threshold)
+
+
+@dataclass
+class Results:
+    params: Params
+    submit: SubmitResult
+    runs: list[RunResult]  # one per worker count; the first is the main run
+    naive: NaiveResult
+    held: InFlightResult
+    environment: dict[str, Any]
+    notes: list[str]
+    seconds: float
+
+
+def figure(
+    key: str,
+    title: str,
+    value: float,
+    unit: str,
+    target: tuple[str, float] | tuple[str, float, str],
+    bound: str,
+    detail: str = "",
+    also: bool = True,
+) -> Figure:
+    """A figure met when ``value`` satisfies ``target`` (op, threshold[, note]) and ``also``."""
+    shown, met = check(value, *target)
+    return Figure(key, title, value, unit, shown, met and also, bound, detail)
+
+
+def figures(res: Results) -> list[Figure]:
+    return [
+        *_submission(res),
+        *_completion(res),
+        *_polling(res),
+        *_cost(res),
+        _scaling(res),
+    ]
+
+
+def _submission(res: Results) -> list[Figure]:
+    sub = res.submit
+    twice, rest = 2 * sub.validate_s, sub.seconds - 2 * sub.validate_s
+    bench_rates = ", ".join(f"{k} {v:,.0f}" for k, v in sub.redis_benchmark.items()) or "n/a"
+    return [
+        figure(
+            "submit_jobs_per_s",
+            "Submission: jobs validated + enqueued per second",
+            sub.jobs_per_s,
+            "jobs/s",
+            (">=", 5000),
+            f"the producer, one Python thread busy {sub.cpu_s / sub.seconds:.0%} of the time: "
+            f"{twice:.2f} of its {sub.seconds:.2f} s validate the file twice (a whole pass "
+            f"before anything is enqueued, then again while enqueuing); the other {rest:.2f} s "
+            "are the enqueue scripts and Celery publishing one message per job (a round trip "
+            "each, plus a task-sent event)",
+            f"{sub.enqueued:,} of {sub.lines:,} lines in {sub.seconds:.2f} s "
+            f"({sub.cpu_s:.2f} s CPU); one validation pass alone {sub.validate_s:.2f} s",
+        ),
+        figure(
+            "submit_vs_redis_ceiling",
+            "Submission / raw Redis write rate of the same data (same run)",
+            sub.jobs_per_s / sub.ceiling_jobs_per_s,
+            "ratio",
+            (">=", 1 / 3, "1/3 of the ceiling"),
+            "the ceiling writes the same keys per job (hash, payload, list entry, counters, "
+            f"zset entry, a {sub.message_bytes} B message) in pipelines of 500 from Python; "
+            "submission adds validation, Lua and Celery's per-message publishing",
+            f"ceiling {sub.ceiling_jobs_per_s:,.0f} jobs/s ({sub.ceiling_seconds:.2f} s for "
+            f"{sub.lines:,} jobs); redis-benchmark -P 50, commands/s: {bench_rates}",
+        ),
+    ]
+
+
+def _completion(res: Results) -> list[Figure]:
+    p, main, naive = res.params, res.runs[0], res.naive
+    cap_held = main.peak_in_flight <= p.cap
+    sl = main.slots
+    busy = main.worker_cpu_s / main.makespan_s / main.workers  # of one core, per process
+    naive_cycle = naive.threads / naive.jobs_per_s if naive.jobs_per_s else float("nan")
+    wanq_cycle = p.cap / main.jobs_per_s if main.jobs_per_s else float("nan")
+    if main.vs_limit >= 0.9:
+        bounded_by = "the provider limit C/L"
+    elif busy >= CPU_BOUND:
+        bounded_by = "the one worker process's CPU (one GIL), not the provider"
+    else:
+        bounded_by = "slot turnaround (the worker is not saturated)"
+    return [
+        figure(
+            "completion_vs_limit",
+            "Completion under latency: end-to-end throughput / (C / L)",
+            main.vs_limit,
+            "ratio",
+            (">=", 0.90),
+            f"{bounded_by}: of the C x makespan slot-seconds {sl.get('generating', 0):.0%} "
+            f"went to generating, {sl.get('lag', 0):.0%} to lag (done remotely, not yet seen) "
+            f"and {sl.get('idle', 0):.0%} stood idle: a freed slot is claimed again p50 "
+            f"{main.refill_p50_s:.2f} s / p95 {main.refill_p95_s:.2f} s later (its create "
+            "waits its turn in wanq.create, early on behind the creates that find the cap "
+            f"full and park, on a worker process busy {busy:.0%} of one core: "
+            f"{main.cpu_s_per_1000:.1f} ms CPU and {main.tasks_per_job:.1f} Celery tasks per "
+            "job), plus the start and the last round's tail",
+            f"{main.ended:,} jobs in {main.makespan_s:.1f} s = {main.jobs_per_s:.1f} jobs/s vs "
+            f"C/L = {p.cap}/{_num(p.latency)} s = {p.limit:.1f}/s (between the 10th and 90th "
+            f"percentile of completions {main.steady_jobs_per_s:.1f}/s); peak remote tasks in "
+            f"flight {main.peak_in_flight} (cap {p.cap})"
+            + ("" if cap_held else " - THE CAP DID NOT HOLD: not a valid figure")
+            + (" - TIMED OUT" if main.timed_out else ""),
+            also=cap_held and not main.timed_out,
+        ),
+        figure(
+            "provider_peak_in_flight_vs_cap",
+            "Peak remote tasks in flight / C, as the provider saw them",
+            main.peak_in_flight / p.cap,
+            "ratio",
+            ("<=", 1.0),
+            "WANQ_MAX_IN_FLIGHT: a job takes a slot at its claim and gives it back when it "
+            "ends, so the provider never sees more than C",
+            f"peak {main.peak_in_flight} remote tasks, from the simulator's created_at and "
+            "completes_at of every task of the main run",
+        ),
+        figure(
+            "vs_naive",
+            "wanq / naive (one task per job that sleep-polls) throughput",
+            main.jobs_per_s / naive.jobs_per_s if naive.jobs_per_s else float("nan"),
+            "ratio",
+            (">=", 50),
+            f"jobs in flight: the naive task holds one of its {naive.threads} threads for the "
+            f"whole generation plus up to 1 s of sleep (a slot cycle of {naive_cycle:.2f} s); "
+            f"wanq holds no thread while waiting, so only C = {p.cap} bounds it (a slot cycle "
+            f"of {wanq_cycle:.2f} s): the ratio is C/threads = {p.cap / naive.threads:.0f} "
+            f"times the cycle ratio {naive_cycle / wanq_cycle:.2f}",
+            f"naive {naive.ended} jobs in {naive.makespan_s:.1f} s = {naive.jobs_per_s:.2f} "
+            f"jobs/s, {naive.polls_per_job:.1f} polls per job; wanq {main.jobs_per_s:.1f} "
+            f"jobs/s; {naive.threads} threads in one worker process each",
+        ),
+    ]
+
+
+def _polling(res: Results) -> list[Figure]:
+    p, main = res.params, res.runs[0]
+    return [
+        figure(
+            "polls_per_job",
+            "Polls per job (simulator status calls / jobs)",
+            main.polls_per_job,
+            "polls",
+            ("<=", 4),
+            "the schedule: first poll at 0.95 x the learned generation time, then 0.1 x it "
+            "growing 1.5x; the +-25 % jitter of L sends about half the jobs to a second poll",
+            f"{main.polls_per_job * main.ended:,.0f} status calls for {main.ended:,} jobs",
+        ),
+        figure(
+            "lag_p50_vs_latency",
+            "Lag remote completion -> our record, p50 / L",
+            main.lag_p50_s / p.latency,
+            "ratio",
+            ("<", 0.10),
+            "a job done after its first poll waits for the next (0.1 x L later, +-10 %), "
+            "and polls wait in the queue while the worker is busy",
+            f"p50 {main.lag_p50_s:.3f} s, p95 {main.lag_p95_s:.3f} s "
+            f"({main.lag_p95_s / p.latency:.0%} of L), max {main.lag_max_s:.3f} s; "
+            f"L = {_num(p.latency)} s",
+        ),
+    ]
+
+
+def _cost(res: Results) -> list[Figure]:
+    sub, main, held = res.submit, res.runs[0], res.held
+    tasks = ", ".join(
+        f"{name.removeprefix('wanq.')} {n / max(1, main.ended):.2f}"
+        for name, n in main.tasks.items()
+    )
+    needed = held.reached / 20.0  # a held job polls at least every 20 s (poll_max_interval)
+    return [
+        figure(
+            "redis_bytes_per_queued_job",
+            "Redis memory per queued job, payload excluded",
+            sub.redis_bytes_per_job,
+            "bytes",
+            ("<", 2048),
+            f"the Celery create message ({sub.message_bytes} B of JSON with headers) is most of "
+            "it; the job hash, the batch list entry and the queued-zset entry the rest",
+            f"INFO used_memory +{sub.used_memory_delta:,} B for {sub.enqueued:,} jobs, minus "
+            f"the payloads' MEMORY USAGE ({sub.payload_bytes_per_job:.0f} B per job)",
+        ),
+        figure(
+            "redis_bytes_per_job_in_flight",
+            "Redis memory per job in flight, payload excluded",
+            held.redis_bytes_per_job,
+            "bytes",
+            ("<", 2048, "the queued-job bound, reused"),
+            "the countdown poll message each job has pending, kept in kombu's unacked hash "
+            "and index while the worker holds it, plus the job hash (now with a remote ID and "
+            "timestamps) and its due and in-flight zset entries",
+            f"with {held.reached:,} of {held.jobs:,} jobs running",
+        ),
+        figure(
+            "cpu_s_per_1000_jobs",
+            "CPU seconds per 1,000 jobs (producer + workers)",
+            main.cpu_s_per_1000,
+            "CPU s",
+            ("<=", 1.0, "10,000 in flight at L = 10 s is 1,000 jobs/s: one core for one process"),
+            f"Celery's cost per task: {main.tasks_per_job:.1f} tasks per job ({tasks}), each "
+            "a broker round trip with task events on (task_send_sent_event, "
+            "worker_send_task_events) and INFO log lines, besides the Lua scripts and HTTP",
+            f"producer {main.producer_cpu_s:.2f} s + workers {main.worker_cpu_s:.2f} s for "
+            f"{main.ended:,} jobs; not counted: redis-server "
+            f"{main.service_cpu_s.get('redis', 0):.2f} s, simulator "
+            f"{main.service_cpu_s.get('simulator', 0):.2f} s",
+        ),
+        Figure(
+            "worker_rss_mb_10k_in_flight",
+            f"Worker RSS with {held.jobs:,} jobs in flight on one process",
+            held.rss_peak_mb,
+            "MB",
+            f"all {held.jobs:,} in flight on 1 process, polls on time",
+            held.reached >= held.jobs and held.overdue_steps == 0,
+            "the memory: the countdown messages the worker holds (one per job) and its heap; "
+            f"the count: every held job polls at least every 20 s (about {needed:.0f}/s here) "
+            "and polls are read before creations, so one process's CPU bounds how many jobs "
+            "it can start and follow",
+            f"{held.reached:,} of {held.jobs:,} in flight after {held.seconds_to_reach:.1f} s; "
+            f"RSS idle {held.rss_idle_mb:.0f} MB, all in flight {held.rss_mb:.0f} MB, peak "
+            f"{held.rss_peak_mb:.0f} MB ({held.rss_per_job_kb:.1f} KB per job, linearly "
+            f"{held.rss_at(IN_FLIGHT_GOAL):.0f} MB at {IN_FLIGHT_GOAL:,}); "
+            f"{held.polls_per_s:.0f} polls/s answered while held, {held.overdue_steps:,} "
+            "steps more than 5 s overdue at the end",
+        ),
+    ]
+
+
+def _scaling(res: Results) -> Figure:
+    rates = [r.jobs_per_s for r in res.runs]
+    first, last = res.runs[0], res.runs[-1]
+    flatness = max(rates) / min(rates) if min(rates) > 0 else float("nan")
+    counts = ", ".join(str(r.workers) for r in res.runs)
+    return figure(
+        "scaling_flatness",
+        f"Scaling: best / worst throughput over {counts} worker processes",
+        flatness,
+        "ratio",
+        ("<=", FLAT, "throughput follows C/L, not the worker count"),
+        f"flat when the provider limit bounds throughput, rising with workers while they are "
+        f"CPU-bound: from {first.workers} to {last.workers} worker process(es) throughput "
+        f"moved {last.jobs_per_s / first.jobs_per_s - 1:+.0%}; the single process was busy "
+        f"{first.worker_cpu_s / first.makespan_s / first.workers:.0%} of a core, and "
+        f"{res.environment.get('cpus')} cores are shared with Redis, the simulator and the "
+        "producer",
+        "; ".join(
+            f"{r.workers} worker(s) {r.jobs_per_s:.1f} jobs/s = {r.vs_limit:.0%} of C/L, "
+            f"workers busy {r.worker_cpu_s / r.makespan_s:.2f} cores, a freed slot claimed "
+            f"again after p50 {r.refill_p50_s:.2f} s, peak {r.peak_in_flight} in flight"
+            for r in res.runs
+        ),
+    )
+
+
+def build(res: Results) -> dict[str, Any]:
+    figs = figures(res)
+    return {
+        "figures": {f.key: f.as_dict() for f in figs},
+        "parameters": res.params.as_dict(),
+        "measurements": {
+            "submission": dataclasses.asdict(res.submit),
+            "completion": [
+                {
+                    **dataclasses.asdict(r),
+                    "vs_limit": r.vs_limit,
+                    "cpu_s_per_1000": r.cpu_s_per_1000,
+                }
+                for r in res.runs
+            ],
+            "naive": dataclasses.asdict(res.naive),
+            "in_flight": {
+                **dataclasses.asdict(res.held),
+                "rss_per_job_kb": res.held.rss_per_job_kb,
+            },
+        },
+        "environment": res.environment,
+        "notes": res.notes,
+        "seconds": round(res.seconds, 1),
+    }
+
+
+def markdown(report: dict[str, Any]) -> str:
+    p, figs = report["parameters"], report["figures"]
+    lines = [
+        f"# wanq benchmark ({p['size']})",
+        "",
+        f"L = {_num(p['latency'])} s (+-25 % jitter), C = {p['cap']} "
+        f"(WANQ_MAX_IN_FLIGHT), C/L = {p['limit_jobs_per_s']:.1f} jobs/s, "
+        f"{p['concurrency']} threads per worker process, {p['workers']} worker process for the "
+        f"main run and the naive one; {p['completion_jobs']:,} jobs per completion run, "
+        f"{p['submit_lines']:,} lines submitted, {p['naive_jobs']} naive jobs, "
+        f"{p['in_flight_jobs']:,} held in flight. One run, {report['seconds']:.0f} s, on "
+        f"{report['environment'].get('cpus')} cores.",
+        "",
+        "| figure | value | target | met |",
+        "|---|---:|---|:---:|",
+    ]
+    for key, fig in figs.items():
+        value = "n/a" if fig["value"] is None else f"{_num(fig['value'])} {fig['unit']}"
+        lines.append(f"| `{key}` | {value} | {fig['target']} | {'yes' if fig['met'] else 'NO'} |")
+    lines += ["", "## What bounds each figure", ""]
+    for key, fig in figs.items():
+        lines.append(f"- `{key}`: {fig['bound']}.")
+        if fig["detail"]:
+            lines.append(f"  Measured: {fig['detail']}.")
+    missed = [key for key, fig in figs.items() if not fig["met"]]
+    lines += ["", "## Targets missed", ""]
+    lines += [f"- `{key}`" for key in missed] or ["- none"]
+    if report["notes"]:
+        lines += ["", "## Notes", ""] + [f"- {note}" for note in report["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def dumps(report: dict[str, Any]) -> str:
+    return json.dumps(_finite(report), indent=2, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities (a figure that could not be measured) become null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _num(value: float) -> str:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "n/a"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.3g}" if abs(value) < 1 else f"{value:.2f}"

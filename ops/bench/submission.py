@@ -1,0 +1,155 @@
+"""Submission: jobs validated and enqueued per second from a large file, beside the raw
+Redis write rate of comparable data measured on the same server in the same run, and the
+Redis memory each queued job takes (payloads excluded). No worker runs in this phase, so
+every job stays queued and nothing competes with the producer for the two cores."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ops import sample
+from ops.bench.cluster import Bench
+from workers import keys
+
+CHUNK = 500  # the producer's own pipeline size (producers.submit.CHUNK)
+CEILING_DB = 1
+
+
+@dataclass
+class SubmitResult:
+    lines: int
+    enqueued: int
+    seconds: float
+    cpu_s: float
+    validate_s: float  # one validation pass over the file, nothing enqueued
+    jobs_per_s: float
+    ceiling_jobs_per_s: float
+    ceiling_seconds: float
+    redis_bytes_per_job: float
+    payload_bytes_per_job: float
+    message_bytes: int
+    used_memory_delta: int
+    redis_benchmark: dict[str, float]
+
+
+def write_batch(path: Path, jobs: int, seed: int = 7) -> Path:
+    """A batch file of valid jobs, images as URLs (ops.sample with no inline images)."""
+    with open(path, "w", encoding="utf-8") as out:
+        for line in sample.lines(jobs, inline_images=0, seed=seed):
+            out.write(json.dumps(line, ensure_ascii=False) + "\n")
+    return path
+
+
+def run(bench: Bench) -> SubmitResult:
+    lines = bench.params.submit_lines
+    path = write_batch(bench.data_dir / f"submit-{lines}.jsonl", lines)
+    bench.flush()
+    client = bench.client()
+    t0 = time.perf_counter()
+    for _ in client.validate(path):
+        pass
+    validate_s = time.perf_counter() - t0
+    before = bench.used_memory()
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    report = client.submit(path, batch_id="bench-submit")
+    seconds = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
+    after = bench.used_memory()
+    payload_keys, payload_bytes = bench.payload_bytes()
+    r = bench.redis()
+    message = r.lindex(keys.CREATE_QUEUE, 0) or ""
+    enqueued = report.enqueued
+    per_job = (after - before - payload_bytes) / max(1, enqueued)
+    ceiling_s = _ceiling(bench, path, len(message.encode()))
+    bench.flush()
+    return SubmitResult(
+        lines=lines,
+        enqueued=enqueued,
+        seconds=seconds,
+        cpu_s=cpu,
+        validate_s=validate_s,
+        jobs_per_s=enqueued / seconds,
+        ceiling_jobs_per_s=lines / ceiling_s,
+        ceiling_seconds=ceiling_s,
+        redis_bytes_per_job=per_job,
+        payload_bytes_per_job=payload_bytes / max(1, payload_keys),
+        message_bytes=len(message.encode()),
+        used_memory_delta=after - before,
+        redis_benchmark=_redis_benchmark(bench),
+    )
+
+
+def _ceiling(bench: Bench, path: Path, message_bytes: int) -> float:
+    """Seconds a pipelined redis-py loop takes to write what submission writes per job: the
+    job hash (same fields), the payload string, the batch list entry, two batch counters,
+    the queued-zset entry and a message of the same size on a list; pipelines of CHUNK, as
+    the producer sends. No validation, no Lua, no Celery: the ceiling of the same writes."""
+    bodies = []
+    with open(path, encoding="utf-8") as handle:
+        for raw in handle:
+            line = json.loads(raw)
+            bodies.append((line["custom_id"], json.dumps(line["body"])))
+    client = bench.redis(CEILING_DB)
+    client.flushdb()
+    message = "m" * message_bytes
+    prefix = "ceiling:"
+    t0 = time.perf_counter()
+    for start in range(0, len(bodies), CHUNK):
+        pipe = client.pipeline(transaction=False)
+        for n, (custom_id, body) in enumerate(bodies[start : start + CHUNK], start):
+            job_id = f"bench-ceiling:{custom_id}"
+            now = time.time()
+            pipe.hset(
+                f"{prefix}job:{job_id}",
+                mapping={
+                    "batch": "bench-ceiling",
+                    "custom_id": custom_id,
+                    "state": "queued",
+                    "seq": 0,
+                    "attempts": 0,
+                    "polls": 0,
+                    "submitted_at": now,
+                    "line": n + 1,
+                },
+            )
+            pipe.set(f"{prefix}payload:{job_id}", body)
+            pipe.rpush(f"{prefix}batch:jobs", job_id)
+            pipe.hincrby(f"{prefix}batch", "total", 1)
+            pipe.hincrby(f"{prefix}batch", "n:queued", 1)
+            pipe.zadd(f"{prefix}queued", {job_id: now})
+            pipe.lpush(f"{prefix}queue", message)
+        pipe.execute()
+    seconds = time.perf_counter() - t0
+    client.flushdb()
+    return seconds
+
+
+def _redis_benchmark(bench: Bench) -> dict[str, float]:
+    """redis-benchmark's pipelined HSET/SET/LPUSH rates (commands/s), shown for reference."""
+    tool = shutil.which("redis-benchmark")
+    if not tool:
+        return {}
+    port = bench.redis_url.rsplit(":", 1)[1].split("/")[0]
+    args = [tool, "-h", "127.0.0.1", "-p", port, "--dbnum", str(CEILING_DB), "-n", "100000"]
+    args += ["-P", "50", "-c", "10", "-t", "set,lpush,hset", "--csv"]
+    try:
+        out = subprocess.run(args, capture_output=True, text=True, timeout=60, check=True).stdout
+    except (subprocess.SubprocessError, OSError):
+        return {}
+    finally:
+        bench.redis(CEILING_DB).flushdb()
+    rates = {}
+    for row in csv.reader(io.StringIO(out)):
+        if len(row) >= 2 and row[0] != "test":
+            try:
+                rates[row[0].split()[0].lower()] = float(row[1])
+            except ValueError:
+                continue
+    return rates
