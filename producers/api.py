@@ -51,12 +51,13 @@ class BatchOptions:
     batch_callback_task: str | None = None  # a Celery task called once with the final counts
 
     def meta(self) -> dict[str, object]:
-        meta: dict[str, object] = {"deliver": "1", "state": "active"}
+        meta: dict[str, object] = {"state": "active"}
         if self.max_cost is not None:
             meta["max_cost_micros"] = round(self.max_cost * 1_000_000)
         for name in ("webhook_url", "callback_task", "batch_callback_task"):
             if getattr(self, name):
                 meta[name] = getattr(self, name)
+                meta["deliver"] = "1"  # the workers owe this batch's jobs a delivery task
         return meta
 
 

@@ -63,7 +63,9 @@ app.conf.update(
 
 @functools.cache
 def store() -> JobStore:
-    return JobStore.from_url(settings.broker_url, settings.max_in_flight)
+    return JobStore.from_url(
+        settings.broker_url, settings.max_in_flight, always_deliver=bool(settings.archive_dir)
+    )
 
 
 @functools.cache

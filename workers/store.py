@@ -70,17 +70,20 @@ class JobStore:
 
     SCRIPTS = ("enqueue", "step", "claim", "finish", "release", "reopen", "pace", "lease")
 
-    def __init__(self, client: redis.Redis, max_in_flight: int = 0) -> None:
+    def __init__(
+        self, client: redis.Redis, max_in_flight: int = 0, always_deliver: bool = False
+    ) -> None:
         self.redis = client
         self.max_in_flight = max_in_flight
+        self.always_deliver = always_deliver  # every ended job owes a delivery (archiving)
         lua = resources.files("workers") / "lua"
         self._scripts = {
             name: client.register_script((lua / f"{name}.lua").read_text()) for name in self.SCRIPTS
         }
 
     @classmethod
-    def from_url(cls, url: str, max_in_flight: int = 0) -> JobStore:
-        return cls(connect(url), max_in_flight)
+    def from_url(cls, url: str, max_in_flight: int = 0, always_deliver: bool = False) -> JobStore:
+        return cls(connect(url), max_in_flight, always_deliver)
 
     # --- producers -------------------------------------------------------------------------
 
@@ -227,6 +230,7 @@ class JobStore:
                 json.dumps(stream_record),
                 self.max_in_flight,
                 keys.job(""),
+                "1" if self.always_deliver else "0",
                 *fields,
             ],
             client=pipe or self.redis,

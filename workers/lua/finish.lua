@@ -7,7 +7,9 @@
 -- ARGV[1] job_id   ARGV[2] expected seq ('' accepts any)   ARGV[3] terminal state   ARGV[4] now
 -- ARGV[5] cost in micro-USD   ARGV[6] error code ('' if none)   ARGV[7] stream max length
 -- ARGV[8] the record as JSON, for the stream   ARGV[9] in-flight cap (0 = none)
--- ARGV[10] job key prefix   ARGV[11..] field, value pairs for the job hash
+-- ARGV[10] job key prefix   ARGV[11] '1' if every ended job owes a delivery (the workers
+-- archive outputs), else only jobs of batches flagged ``deliver`` (webhooks, callbacks) do
+-- ARGV[12..] field, value pairs for the job hash
 -- Returns {ended, batch ended, callbacks owed, admitted job_id, its seq}: ended is 1 only for
 -- the one call that ended the job, batch ended only for the call that ended its last job. The
 -- job's budget reservation and in-flight slot are given back here; the slot goes at once to the
@@ -22,7 +24,7 @@ if ARGV[2] ~= '' and seq ~= ARGV[2] then
   return {0, 0, 0, '', -1}
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[3], 'seq', tonumber(seq) + 1, 'completed_at', ARGV[4])
-for i = 11, #ARGV, 2 do
+for i = 12, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
 end
 redis.call('HINCRBY', KEYS[2], 'n:' .. state, -1)
@@ -42,7 +44,7 @@ if reserved > 0 then
   redis.call('HINCRBY', KEYS[2], 'reserved_micros', -reserved)
   redis.call('HSET', KEYS[1], 'reserved_micros', 0)
 end
-local deliver = redis.call('HGET', KEYS[2], 'deliver') == '1'
+local deliver = ARGV[11] == '1' or redis.call('HGET', KEYS[2], 'deliver') == '1'
 if deliver then
   redis.call('ZADD', KEYS[8], ARGV[4], ARGV[1])
 end
