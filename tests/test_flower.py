@@ -42,6 +42,19 @@ def test_flower_shows_workers_queues_and_a_batchs_tasks(make_cluster):
     assert requests.get(flower + "/api/workers", timeout=5).status_code == 401
     assert requests.get(flower + "/api/workers", auth=(USER, "wrong"), timeout=5).status_code == 401
 
+    # Task events are pub/sub: Flower sees only what happens once its receiver listens, which
+    # can be after its healthcheck answers. A warm-up job proves the receiver is there.
+    warm_ups: list[str] = []
+
+    def receiving() -> bool:
+        tasks = requests.get(flower + "/api/tasks", auth=auth, timeout=10).json()
+        if any(b in (t.get("args") or "") for b in warm_ups for t in tasks.values()):
+            return True
+        if not warm_ups or cluster.client().status(warm_ups[-1]).done:  # ended unseen: again
+            warm_ups.append(cluster.submit(jobs(1, prefix=f"warm{len(warm_ups)}")).batch_id)
+        return False
+
+    wait_for(receiving, "flower receiving task events", 60, interval=0.2)
     report = cluster.submit(jobs(12))
     cluster.wait(report.batch_id)
 
