@@ -29,6 +29,12 @@ def test_both_modes_end_to_end(make_cluster):
 
     final = cluster.wait(report.batch_id)
     assert final.counts["succeeded"] == 40
+    store = cluster.client().store
+    polls = sum(int(job["polls"]) for job in store.iter_batch_jobs(report.batch_id))
+    assert polls == cluster.sim("/_sim/stats")["status_calls"], (
+        "every poll is counted"
+    )  # before the test's own status calls below
+    assert all(job["first_poll_at"] for job in store.iter_batch_jobs(report.batch_id))
 
     records = list(cluster.client().results(report.batch_id))
     assert [r["custom_id"] for r in records] == [line["custom_id"] for line in lines]

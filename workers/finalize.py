@@ -52,26 +52,46 @@ def cancel(
 
 
 def succeed_or_fail(
-    store: JobStore, job_id: str, seq: int, job: dict[str, str], status: Status
+    store: JobStore,
+    job_id: str,
+    seq: int,
+    job: dict[str, str],
+    status: Status,
+    extra: dict[str, Any] | None = None,
 ) -> Finish:
-    """Record a finished remote task (completed or failed) and learn its generation time."""
+    """Record a finished remote task (completed or failed) and learn its generation time.
+
+    ``extra`` job fields go into the same atomic step (the poll that saw the end).
+    """
     if status.state == "completed":
         won = _finish(
-            store, job_id, seq, job, State.SUCCEEDED, outputs=status.outputs, usage=status.usage
+            store,
+            job_id,
+            seq,
+            job,
+            State.SUCCEEDED,
+            outputs=status.outputs,
+            usage=status.usage,
+            extra=extra,
         )
     else:
         failure = JobFailure(GENERATION_ERROR, "the remote task failed", remote=status.error)
-        won = fail(store, job_id, seq, job, failure)
+        won = fail(store, job_id, seq, job, failure, extra=extra)
     if won:
         _learn_latency(store, job)
     return won
 
 
 def fail(
-    store: JobStore, job_id: str, seq: int | None, job: dict[str, str], failure: JobFailure
-) -> bool:
+    store: JobStore,
+    job_id: str,
+    seq: int | None,
+    job: dict[str, str],
+    failure: JobFailure,
+    extra: dict[str, Any] | None = None,
+) -> Finish:
     log.info("job %s failed: %s", job_id, failure)
-    return _finish(store, job_id, seq, job, State.FAILED, error=failure.as_record())
+    return _finish(store, job_id, seq, job, State.FAILED, error=failure.as_record(), extra=extra)
 
 
 def _finish(
@@ -84,6 +104,7 @@ def _finish(
     outputs: list[dict[str, str]] | None = None,
     usage: dict[str, Any] | None = None,
     error: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
     send_task: SendTask | None = None,
 ) -> Finish:
     record = public_record(job_id, job)
@@ -95,6 +116,7 @@ def _finish(
         record,
         cost_micros=cost_micros(usage or {}),
         error_code=(error or {}).get("code", ""),
+        extra=extra,
     )
     announce(ended, job_id, send_task)
     if ended:  # once per ended job, for the Prometheus histograms (lag, polls per job)

@@ -191,9 +191,12 @@ class JobStore:
         *,
         cost_micros: int = 0,
         error_code: str = "",
+        extra: dict[str, Any] | None = None,
         pipe: redis.client.Pipeline | None = None,
     ) -> Finish:
         """The terminal transition plus the stream entry, atomically and once per job.
+
+        ``extra`` fields are written to the job hash in the same step (the last poll's count).
 
         With a pipeline the script's raw answer comes from ``pipe.execute()``: pass it to
         ``finish_answer``.
@@ -204,6 +207,8 @@ class JobStore:
         for name in ("outputs", "usage", "error"):
             if record.get(name) is not None:
                 fields += [name, _encode(record[name])]
+        for name, value in (extra or {}).items():
+            fields += [name, _encode(value)]
         stream_record = {**record, "state": str(state), "completed_at": now}
         answer = self._scripts["finish"](
             keys=[

@@ -200,18 +200,9 @@ def poll(job_id: str, seq: int, paced: bool = False) -> str:
         delay = RETRY.delay(misses, exc.retry_after)
         return _poll_again(job_id, seq, job, delay, {"poll_errors": misses, "last_error": str(exc)})
 
-    if status.done:
-        jobs.step(
-            job_id,
-            seq,
-            (State.RUNNING,),
-            State.RUNNING,
-            bump=False,
-            incr=("polls",),
-            due=now,
-            fields=_first_poll(job, now),
-        )
-        return "finished" if succeed_or_fail(jobs, job_id, seq, job, status) else "stale"
+    if status.done:  # this poll is counted in the same atomic step that ends the job
+        seen = {"polls": int(job.get("polls") or 0) + 1, **_first_poll(job, now)}
+        return "finished" if succeed_or_fail(jobs, job_id, seq, job, status, seen) else "stale"
     polls = int(job.get("polls") or 0) + 1
     delay = schedule.next_poll_delay(polls, latency_estimate(jobs), settings)
     return _poll_again(job_id, seq, job, delay, {"poll_errors": 0, "last_miss_at": now})
