@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from workers import account, keys
 from workers.config import Settings
@@ -83,28 +84,12 @@ def _admit(store: JobStore, cap: int) -> list[tuple[str, int]]:
 
 
 def _overdue(store: JobStore, now: float, grace: float) -> list[tuple[str, str, int]]:
-    """Jobs past their step; each is pushed back one grace period so it is re-sent once."""
-    r = store.redis
-    ids = r.zrangebyscore(keys.DUE, "-inf", now - grace, start=0, num=CHUNK)
-    if not ids:
-        return []
-    pipe = r.pipeline(transaction=False)
-    for job_id in ids:
-        pipe.hmget(keys.job(job_id), "state", "seq", "hold")
-    found = []
-    stale = []
-    for job_id, (state, seq, hold) in zip(ids, pipe.execute(), strict=True):
-        if state is None or state in TERMINAL or hold:
-            stale.append(job_id)
-        else:
-            found.append((job_id, state, int(seq)))
-    pipe = r.pipeline(transaction=False)
-    if stale:
-        pipe.zrem(keys.DUE, *stale)
-    if found:
-        pipe.zadd(keys.DUE, {job_id: now for job_id, _, _ in found}, xx=True)
-    pipe.execute()
-    return found
+    """Jobs past their step (not ended, not parked); each is re-sent once per grace period."""
+
+    def lost(state: str | None, hold: str | None) -> bool:
+        return state is not None and state not in TERMINAL and not hold
+
+    return _take(store, keys.DUE, now - grace, now, lost)
 
 
 def _owed(store: JobStore, now: float, grace: float) -> list[str]:
@@ -121,23 +106,40 @@ def _unstarted(store: JobStore, settings: Settings, now: float) -> list[tuple[st
     A message held by a dead worker comes back after the visibility timeout, so only jobs
     queued longer than that, with nothing in the queue, are missing their message.
     """
-    r = store.redis
-    if r.llen(keys.CREATE_QUEUE) > 0:
+    if store.redis.llen(keys.CREATE_QUEUE) > 0:
         return []
     cutoff = now - settings.visibility_timeout - settings.sweep_grace
-    ids = r.zrangebyscore(keys.QUEUED, "-inf", cutoff, start=0, num=CHUNK)
+    found = _take(store, keys.QUEUED, cutoff, now, lambda state, _hold: state == State.QUEUED)
+    return [(job_id, seq) for job_id, _, seq in found]
+
+
+def _take(
+    store: JobStore,
+    zset: str,
+    cutoff: float,
+    now: float,
+    keep: Callable[[str | None, str | None], bool],
+) -> list[tuple[str, str, int]]:
+    """Members of ``zset`` scored before ``cutoff`` that ``keep(state, hold)`` accepts, as
+    (job_id, state, seq); their score moves to ``now`` (re-sent once per period), the rest
+    leave the set (ended, parked or gone)."""
+    r = store.redis
+    ids = r.zrangebyscore(zset, "-inf", cutoff, start=0, num=CHUNK)
     if not ids:
         return []
     pipe = r.pipeline(transaction=False)
     for job_id in ids:
-        pipe.hmget(keys.job(job_id), "state", "seq")
-    found = []
-    for job_id, (state, seq) in zip(ids, pipe.execute(), strict=True):
-        if state == State.QUEUED:
-            found.append((job_id, int(seq)))
+        pipe.hmget(keys.job(job_id), "state", "seq", "hold")
+    found, gone = [], []
+    for job_id, (state, seq, hold) in zip(ids, pipe.execute(), strict=True):
+        if keep(state, hold):
+            found.append((job_id, state, int(seq)))
+        else:
+            gone.append(job_id)
+    pipe = r.pipeline(transaction=False)
+    if gone:
+        pipe.zrem(zset, *gone)
     if found:
-        r.zadd(keys.QUEUED, {job_id: now for job_id, _ in found}, xx=True)
-    stale = set(ids) - {job_id for job_id, _ in found}
-    if stale:
-        r.zrem(keys.QUEUED, *stale)
+        pipe.zadd(zset, {job_id: now for job_id, _, _ in found}, xx=True)
+    pipe.execute()
     return found
