@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import secrets
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -20,7 +21,6 @@ from typing import IO
 from producers.batchfile import BatchLine, read_batch
 from producers.validation import ValidationOptions
 from workers import keys
-from workers.errors import ValidationError
 from workers.store import JobStore
 
 BATCH_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -151,9 +151,7 @@ class _rereadable:
 
 
 def _binary(source: Source) -> IO[bytes]:
-    import sys
-
     return sys.stdin.buffer if source == "-" else source  # type: ignore[return-value]
 
 
-__all__ = ["SubmitReport", "ValidationError", "check_batch_id", "submit_file", "validate_file"]
+__all__ = ["SubmitReport", "check_batch_id", "submit_file", "validate_file"]

@@ -64,7 +64,10 @@ def batch_status(store: JobStore, batch_id: str) -> BatchStatus:
     raw = store.batch(batch_id)
     if not raw:
         raise KeyError(f"no batch {batch_id!r}")
-    micros = lambda name: int(raw.get(name) or 0) / 1_000_000  # noqa: E731
+
+    def micros(name: str) -> float:
+        return int(raw.get(name) or 0) / 1_000_000
+
     return BatchStatus(
         batch_id=batch_id,
         total=int(raw.get("total", 0)),
