@@ -20,10 +20,10 @@ import os
 import socket
 import threading
 
-from celery import Celery, bootsteps
+from celery import Celery, bootsteps, signals
 from kombu import Queue
 
-from workers import config, keys
+from workers import config, keys, logs
 from workers.provider import ProviderClient
 from workers.store import JobStore
 
@@ -59,6 +59,14 @@ app.conf.update(
         "queue_order_strategy": "priority",
     },
 )
+
+
+@signals.setup_logging.connect
+def _setup_logging(loglevel: str | int | None = None, **_: object) -> None:
+    """Celery leaves logging to us: one handler, text or JSON, job IDs on job lines."""
+    logs.configure(
+        settings.log_format, loglevel or "INFO", (settings.api_key, settings.webhook_secret)
+    )
 
 
 @functools.cache

@@ -66,6 +66,8 @@ class Settings:
     archive_allow_private: bool = False
     webhook_secret: str = ""  # whsec_... (Standard Webhooks)
     webhook_attempts: int = 8
+    # logs
+    log_format: str = "text"  # "json": one JSON object per line, for log shippers
 
     @property
     def broker_url(self) -> str:
@@ -110,6 +112,8 @@ def load(environ: dict[str, str] | None = None) -> Settings:
         if raw is not None and raw != "":
             values[f.name] = _coerce(raw, getattr(defaults, f.name))
     settings = Settings(**values)
+    if settings.log_format not in ("text", "json"):
+        raise ValueError("WANQ_LOG_FORMAT is text or json")
     if settings.max_countdown * 2 > settings.visibility_timeout:
         raise ValueError(
             "WANQ_MAX_COUNTDOWN must be at most half of WANQ_VISIBILITY_TIMEOUT, or held "

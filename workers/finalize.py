@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from workers import keys, metrics, schedule
+from workers import keys, logs, metrics, schedule
 from workers.errors import CANCELLED, GENERATION_ERROR, JobFailure
 from workers.provider import Status, cost_micros
 from workers.store import Finish, JobStore, State
@@ -90,7 +90,6 @@ def fail(
     failure: JobFailure,
     extra: dict[str, Any] | None = None,
 ) -> Finish:
-    log.info("job %s failed: %s", job_id, failure)
     return _finish(store, job_id, seq, job, State.FAILED, error=failure.as_record(), extra=extra)
 
 
@@ -119,6 +118,10 @@ def _finish(
         extra=extra,
     )
     announce(ended, job_id, send_task)
+    if ended:
+        outcome = f"{error['code']} {error.get('message', '')}" if error else "completed"
+        fields = logs.job_fields(job_id, job.get("remote_task_id", ""))
+        log.info("job %s: %s", state, outcome, extra=fields)
     if ended:  # once per ended job, for the Prometheus histograms (lag, polls per job)
         remote_done = state == State.SUCCEEDED or (error or {}).get("code") == GENERATION_ERROR
         metrics.observe_job_end(store.redis, job, remote_done=remote_done)

@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import time
 
-from workers import account, deliveries, errors, keys, pacing, schedule
+from celery import signals
+
+from workers import account, deliveries, errors, keys, logs, pacing, schedule
 from workers.app import app, provider, settings, store
 from workers.errors import JobFailure
 from workers.finalize import cancel, fail, latency_estimate, succeed_or_fail
@@ -23,6 +25,18 @@ log = logging.getLogger("wanq.tasks")
 
 RETRY = schedule.RetryPolicy.from_settings(settings)
 CLAIMABLE = (State.QUEUED, State.WAITING, State.CREATING)
+
+
+@signals.task_prerun.connect
+def _bind_job(task: object = None, args: tuple = (), **_: object) -> None:
+    """Every log line a job's task writes names the job (see workers.logs), Celery's own
+    "succeeded" line too: it comes after postrun, so the next task's prerun unbinds."""
+    name = getattr(task, "name", "")
+    target = str(args[0]) if args else ""
+    if name in logs.JOB_TASKS or (name == "wanq.deliver" and not target.startswith("batch:")):
+        logs.bind_job(target)
+    else:
+        logs.unbind()
 
 
 def create_window() -> float:
@@ -112,6 +126,8 @@ def _create_remote(
                 log.warning("HTTP 429: cluster creation pace tightened to %.2f/s", rate)
         return _retry_create(task, job_id, seq, job, attempts, exc)
 
+    logs.bind_remote(remote_id)
+    log.info("remote task created (attempt %d)", attempts)
     if account.unblock(jobs.redis):
         log.info("the account works again: creation resumes")
     pacing.relax(jobs.redis, settings.create_rate)
@@ -135,6 +151,7 @@ def _retry_create(
 ) -> str:
     """Back off and retry through Celery, or fail with a run code once attempts run out."""
     jobs = store()
+    log.info("create attempt %d failed: %s", attempts, exc)
     if RETRY.exhausted(attempts):
         code = errors.HTTP_ERROR if exc.http_status else errors.TASK_CREATION
         detail = f"gave up after {attempts} attempts: {exc}"
@@ -160,6 +177,7 @@ def poll(job_id: str, seq: int, paced: bool = False) -> str:
     job = jobs.job(job_id)
     if not job or int(job["seq"]) != seq or job["state"] != State.RUNNING:
         return "stale"
+    logs.bind_remote(job.get("remote_task_id", ""))
     if not paced:
         wait = jobs.pace(settings.poll_rate, settings.max_countdown, keys.POLL_PACE)
         if wait > 0:
@@ -187,6 +205,7 @@ def poll(job_id: str, seq: int, paced: bool = False) -> str:
         return "failed"
     except Transient as exc:
         misses = int(job.get("poll_errors") or 0) + 1
+        log.info("status check %d failed: %s", misses, exc)
         if misses >= settings.poll_max_errors:
             code = errors.RESULT_PARSING if exc.unparseable else errors.STATUS_CHECK
             fail(
