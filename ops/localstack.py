@@ -1,12 +1,15 @@
-"""A whole wanq cluster on one machine: Redis (AOF on), the simulator, Celery workers.
+"""A whole wanq cluster on one machine: Redis (AOF on), the simulator, Celery workers, Flower.
 
-``wanq run`` uses it when no Redis is configured, and the tests use it to start real parts.
-It stops only what it started, in reverse order, and keeps logs under the data directory.
+``wanq run`` uses it when no Redis is configured, ``wanq up`` / ``wanq down`` start it for
+good and stop it, and the tests use it to start real parts. It stops only what it started, in
+reverse order, and keeps logs under the data directory; a stack that outlives its command
+(``wanq up``) records itself in ``<data dir>/run/stack.json`` with one pid file per process.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -18,16 +21,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
+import requests
 
 
 class StackError(RuntimeError):
     pass
 
 
+FLOWER_PORT = 5555
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def port_taken(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _claim_port(port: int, what: str) -> int:
+    if port_taken(port):
+        raise StackError(f"port {port} is already in use on 127.0.0.1: cannot start {what} there")
+    return port
 
 
 def wait_for(check, what: str, timeout: float = 20.0, interval: float = 0.05):
@@ -72,9 +90,15 @@ class LocalStack:
     processes: list[Process] = field(default_factory=list)
     redis_url: str = ""
     provider_url: str = ""
+    flower_url: str = ""
+    detached: bool = False  # outlives this process: pid files and stack.json under run/
 
     def __post_init__(self) -> None:
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.data_dir / "run"
 
     def start_redis(
         self, port: int | None = None, password: str = "", tls: Path | None = None
@@ -84,7 +108,7 @@ class LocalStack:
         server = shutil.which("redis-server")
         if not server:
             raise StackError("redis-server is not installed (Debian: apt-get install redis-server)")
-        port = port or free_port()
+        port = _claim_port(port, "redis-server") if port else free_port()
         data = self.data_dir / "redis"
         data.mkdir(parents=True, exist_ok=True)
         args = [
@@ -143,11 +167,13 @@ class LocalStack:
         wait_for(client.ping, "redis-server after a restart")
         client.close()
 
-    def start_simulator(self, extra_env: dict[str, str] | None = None) -> str:
+    def start_simulator(self, extra_env: dict[str, str] | None = None, port: int = 0) -> str:
         ready = self.data_dir / f"sim-{os.getpid()}-{len(self.processes)}.addr"
         ready.unlink(missing_ok=True)
         env = {**self.env, **(extra_env or {})}
-        cmd = [sys.executable, "-m", "ops.simulator", "--port", "0", "--ready-file", str(ready)]
+        port = _claim_port(port, "the simulator") if port else 0
+        cmd = [sys.executable, "-m", "ops.simulator", "--port", str(port)]
+        cmd += ["--ready-file", str(ready)]
         self._spawn("simulator", cmd, env)
         address = wait_for(lambda: ready.read_text().strip(), "the simulator")
         self.provider_url = f"http://{address}"
@@ -177,11 +203,46 @@ class LocalStack:
         ]
         return self._spawn(name, celery, {**self.env, **(extra_env or {})})
 
+    def start_flower(self, port: int | None = None, persistent: bool = False) -> str:
+        """Flower on loopback (basic auth if ``FLOWER_BASIC_AUTH`` is set); 5555 when free.
+        It answers a few seconds later: :meth:`wait_flower`."""
+        if port is None:
+            port = free_port() if port_taken(FLOWER_PORT) else FLOWER_PORT
+        port = _claim_port(port, "Flower")
+        cmd = [
+            *(sys.executable, "-m", "celery", "-A", "workers.app", "flower"),
+            *("--address=127.0.0.1", f"--port={port}"),
+        ]
+        if persistent:  # keeps its task history across restarts
+            cmd += ["--persistent=True", f"--db={self.data_dir / 'flower.db'}"]
+        self._spawn("flower", cmd)
+        self.flower_url = f"http://127.0.0.1:{port}"
+        return self.flower_url
+
+    def wait_flower(self, timeout: float = 30.0) -> str:
+        health = self.flower_url + "/healthcheck"
+        wait_for(lambda: requests.get(health, timeout=2).ok, "Flower", timeout, interval=0.2)
+        return self.flower_url
+
     def stop(self) -> None:
         """Stop what this stack started: workers first (warm shutdown), Redis last."""
         for process in reversed(self.processes):
             process.stop()
         self.processes.clear()
+
+    def record(self) -> Path:
+        """Write stack.json for ``wanq down`` and for commands that look for a running stack."""
+        state = {
+            "redis_url": self.redis_url,
+            "provider_url": self.provider_url,
+            "flower_url": self.flower_url,
+            "processes": [
+                {"name": p.name, "pid": p.popen.pid, "log": str(p.log)} for p in self.processes
+            ],
+        }
+        path = self.run_dir / "stack.json"
+        path.write_text(json.dumps(state, indent=2))
+        return path
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Process:
         log = self.data_dir / "logs" / f"{name}.log"
@@ -196,6 +257,9 @@ class LocalStack:
             )
         process = Process(name, popen, log)
         self.processes.append(process)
+        if self.detached:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / f"{name}.pid").write_text(f"{popen.pid}\n")
         if popen.poll() is not None:
             raise StackError(f"{name} exited at once; see {log}")
         return process
@@ -205,6 +269,50 @@ class LocalStack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def running_stack(data_dir: Path) -> dict | None:
+    """The stack ``wanq up`` left running under ``data_dir``, if any of it is alive."""
+    try:
+        state = json.loads((data_dir / "run" / "stack.json").read_text())
+    except (OSError, ValueError):
+        return None
+    alive = [p for p in state.get("processes", []) if _alive(int(p["pid"]))]
+    return {**state, "processes": alive} if alive else None
+
+
+def stop_recorded(data_dir: Path, timeout: float = 30.0) -> list[str]:
+    """Stop a recorded stack in reverse start order (SIGTERM: workers finish their tasks,
+    Redis writes its AOF), SIGKILL what outlives ``timeout``; returns the names stopped."""
+    run = data_dir / "run"
+    state = running_stack(data_dir) or {"processes": []}
+    stopped = []
+    for entry in reversed(state["processes"]):
+        pid = int(entry["pid"])
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+        with contextlib.suppress(StackError):
+            wait_for(lambda pid=pid: not _alive(pid), entry["name"], timeout, interval=0.1)
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        stopped.append(entry["name"])
+    for leftover in [*run.glob("*.pid"), run / "stack.json"]:
+        leftover.unlink(missing_ok=True)
+    return stopped
+
+
+def _alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie waiting for its parent."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    return True
 
 
 def _project_root() -> str:

@@ -357,29 +357,13 @@ def run(
     from producers.progress import Stopwatch, summary_table, watch
 
     settings = config.load()
-    local = not settings.redis_url
-    use_sim = (
-        sim
-        if sim is not None
-        else (local and settings.provider_url == config.Settings.provider_url)
-    )
     stack = LocalStack(settings.data_path)
     try:
-        if local:
-            stack.start_redis()
-            console.print(f"started redis-server (AOF on) at {stack.redis_url}")
-        if use_sim:
-            stack.start_simulator()
-            console.print(f"started the provider simulator at {stack.provider_url}")
-        os.environ.update({k: v for k, v in stack.env.items() if k.startswith("WANQ_")})
-        settings = config.load()
-        if local:
-            for i in range(workers):
-                stack.start_worker(f"wanq{i + 1}")
-            console.print(f"started {workers} workers; logs in {settings.data_path / 'logs'}")
+        settings = _local_parts(stack, settings, sim, workers)
         client = _client(settings)
         clock = Stopwatch()
         report = _submit(client, file, batch_id, allow_invalid, False)
+        _print_flower(stack)
         final = watch(client, report.batch_id, console, timeout=timeout)
         target = Path(path or settings.data_path / "results" / f"{report.batch_id}.jsonl")
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -393,6 +377,121 @@ def run(
         if stack.processes:
             console.print("stopping what wanq run started ...")
             stack.stop()
+
+
+def _wants_sim(settings: config.Settings, sim: bool | None) -> bool:
+    """The simulator by default only on the embedded path: no Redis and no provider set."""
+    if sim is not None:
+        return sim
+    return not settings.redis_url and settings.provider_url == config.Settings.provider_url
+
+
+def _local_parts(stack, settings: config.Settings, sim: bool | None, workers: int):
+    """Start what ``wanq run`` needs and is missing, or use what ``wanq up`` left running."""
+    from ops.localstack import running_stack
+
+    want_sim = _wants_sim(settings, sim)
+    up = None if settings.redis_url else running_stack(settings.data_path)
+    if up:
+        console.print(f"using the stack `wanq up` started: Redis at {_safe(up['redis_url'])}")
+        stack.env["WANQ_REDIS_URL"] = up["redis_url"]
+        if up["provider_url"] and want_sim:
+            stack.env["WANQ_PROVIDER_URL"] = up["provider_url"]
+            want_sim = False
+        stack.flower_url = up["flower_url"]
+    local = not settings.redis_url and not up
+    if local:
+        stack.start_redis()
+        console.print(f"started redis-server (AOF on) at {stack.redis_url}")
+    if want_sim:
+        stack.start_simulator()
+        console.print(f"started the provider simulator at {stack.provider_url}")
+    os.environ.update({k: v for k, v in stack.env.items() if k.startswith("WANQ_")})
+    if local:
+        stack.start_flower()
+        for i in range(workers):
+            stack.start_worker(f"wanq{i + 1}")
+        console.print(f"started {workers} workers; logs in {settings.data_path / 'logs'}")
+    return config.load()
+
+
+def _print_flower(stack) -> None:
+    """Flower's URL once it answers (it starts beside the workers, so the batch is not kept
+    waiting for it)."""
+    from ops.localstack import StackError
+
+    if not stack.flower_url:
+        return
+    try:
+        url = stack.wait_flower()
+    except StackError:
+        console.print(f"[yellow]Flower did not answer; see {stack.data_dir / 'logs'}[/]")
+        return
+    console.print(f"watch the queues in Flower: [bold]{url}[/]")
+
+
+def _safe(url: str) -> str:
+    """A Redis URL as printed: never its password."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@", 1)
+    return url
+
+
+@main.command()
+@click.option("--workers", default=2, show_default=True, help="Worker processes to start.")
+@click.option(
+    "--sim", is_flag=True, help="Start the provider simulator on WANQ_PROVIDER_URL's port."
+)
+@click.option("--redis-port", default=6379, show_default=True, type=int)
+@click.option("--flower-port", default=5555, show_default=True, type=int)
+def up(workers: int, sim: bool, redis_port: int, flower_port: int) -> None:
+    """Start a local cluster that stays up: Redis (AOF), workers, Flower, maybe the simulator.
+
+    Pid files and logs go under the data directory (WANQ_DATA_DIR, ~/.wanq); `wanq down`
+    stops it. Without WANQ_REDIS_URL, Redis listens on 127.0.0.1:REDIS_PORT."""
+    from urllib.parse import urlsplit
+
+    from ops.localstack import LocalStack, StackError, running_stack
+
+    settings = config.load()
+    if running_stack(settings.data_path):
+        raise click.ClickException(f"a stack is already up under {settings.data_path}: wanq down")
+    stack = LocalStack(settings.data_path, detached=True)
+    try:
+        if settings.redis_url:
+            stack.redis_url = settings.redis_url
+        else:
+            stack.start_redis(port=redis_port)
+        if sim:
+            stack.start_simulator(port=urlsplit(settings.provider_url).port or 8765)
+        stack.start_flower(port=flower_port, persistent=True)
+        for i in range(workers):
+            stack.start_worker(f"wanq{i + 1}")
+        stack.wait_flower()
+    except StackError as exc:
+        stack.stop()
+        raise click.ClickException(str(exc)) from exc
+    stack.record()
+    out.print(f"redis     {_safe(stack.redis_url)}  (data in {stack.data_dir / 'redis'})")
+    if sim:
+        out.print(f"simulator {stack.provider_url}")
+    out.print(f"workers   {workers}  (logs in {stack.data_dir / 'logs'})")
+    out.print(f"Flower    [bold]{stack.flower_url}[/]")
+    if not settings.redis_url and redis_port != 6379:
+        out.print(f"set WANQ_REDIS_URL={stack.redis_url} for other wanq commands")
+    out.print("stop it with: wanq down")
+
+
+@main.command()
+def down() -> None:
+    """Stop the stack `wanq up` started (workers finish their current tasks; nothing is lost)."""
+    from ops.localstack import stop_recorded
+
+    stopped = stop_recorded(config.load().data_path)
+    out.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
 
 
 @main.command()
