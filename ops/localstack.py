@@ -183,7 +183,9 @@ class LocalStack:
         self.env["WANQ_ARCHIVE_ALLOW_HOSTS"] = ",".join([*allowed, address])
         return self.provider_url
 
-    def start_worker(self, name: str, extra_env: dict[str, str] | None = None) -> Process:
+    def start_worker(
+        self, name: str, extra_env: dict[str, str] | None = None, queues: list[str] | None = None
+    ) -> Process:
         celery = [  # supervised: restarted if it dies of an error (see ops/supervise.py)
             sys.executable,
             "-m",
@@ -201,6 +203,8 @@ class LocalStack:
             "--without-mingle",
             "--without-gossip",
         ]
+        if queues:
+            celery += ["-Q", ",".join(queues)]
         return self._spawn(name, celery, {**self.env, **(extra_env or {})})
 
     def start_flower(self, port: int | None = None, persistent: bool = False) -> str:

@@ -393,7 +393,9 @@ def _local_parts(stack, settings: config.Settings, sim: bool | None, workers: in
     want_sim = _wants_sim(settings, sim)
     up = None if settings.redis_url else running_stack(settings.data_path)
     if up:
-        console.print(f"using the stack `wanq up` started: Redis at {_safe(up['redis_url'])}")
+        console.print(
+            f"using the stack `wanq up` started: Redis at {config.safe_url(up['redis_url'])}"
+        )
         stack.env["WANQ_REDIS_URL"] = up["redis_url"]
         if up["provider_url"] and want_sim:
             stack.env["WANQ_PROVIDER_URL"] = up["provider_url"]
@@ -428,16 +430,6 @@ def _print_flower(stack) -> None:
         console.print(f"[yellow]Flower did not answer; see {stack.data_dir / 'logs'}[/]")
         return
     console.print(f"watch the queues in Flower: [bold]{url}[/]")
-
-
-def _safe(url: str) -> str:
-    """A Redis URL as printed: never its password."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    if parts.password:
-        return url.replace(f":{parts.password}@", ":***@", 1)
-    return url
 
 
 @main.command()
@@ -475,7 +467,7 @@ def up(workers: int, sim: bool, redis_port: int, flower_port: int) -> None:
         stack.stop()
         raise click.ClickException(str(exc)) from exc
     stack.record()
-    out.print(f"redis     {_safe(stack.redis_url)}  (data in {stack.data_dir / 'redis'})")
+    out.print(f"redis     {config.safe_url(stack.redis_url)}  (data in {stack.data_dir / 'redis'})")
     if sim:
         out.print(f"simulator {stack.provider_url}")
     out.print(f"workers   {workers}  (logs in {stack.data_dir / 'logs'})")
@@ -492,6 +484,31 @@ def down() -> None:
 
     stopped = stop_recorded(config.load().data_path)
     out.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per check.")
+@click.option(
+    "--worker-timeout", default=3.0, show_default=True, help="Seconds to wait for workers."
+)
+def doctor(as_json: bool, worker_timeout: float) -> None:
+    """Check the configuration, Redis (reachable, persistent, no eviction), the workers on
+    every queue and the provider (reachable, key accepted). Exit 1 if anything fails."""
+    from ops import doctor as checks
+
+    marks = {
+        checks.OK: "[green]ok  [/]",
+        checks.WARN: "[yellow]warn[/]",
+        checks.FAIL: "[red]FAIL[/]",
+    }
+    results = checks.run(worker_timeout=worker_timeout)
+    for check in results:
+        if as_json:
+            click.echo(json.dumps(check.__dict__))
+        else:
+            out.print(f"{marks[check.verdict]} {check.name:<18} {check.detail}")
+    if any(check.verdict == checks.FAIL for check in results):
+        sys.exit(1)
 
 
 @main.command()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
+from urllib.parse import urlsplit
 
 DEFAULT_API_KEY = "sim-key"
 
@@ -90,6 +91,12 @@ class Settings:
         for secret in ("api_key", "webhook_secret"):
             shown[secret] = "***" if getattr(self, secret) else ""
         return shown
+
+
+def safe_url(url: str) -> str:
+    """A URL as shown to people: never its password."""
+    password = urlsplit(url).password
+    return url.replace(f":{password}@", ":***@", 1) if password else url
 
 
 def _coerce(raw: str, like: object) -> object:
