@@ -512,6 +512,19 @@ def doctor(as_json: bool, worker_timeout: float) -> None:
 
 
 @main.command()
+@click.option("--port", default=9808, show_default=True, type=int)
+@click.option("--addr", default="127.0.0.1", show_default=True, help="0.0.0.0 in a container.")
+def metrics(port: int, addr: str) -> None:
+    """Serve Prometheus metrics of the jobs on /metrics (states, cost, failures, in flight)."""
+    import logging
+
+    from workers import metrics as job_metrics
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    job_metrics.serve(config.load(), port, addr)
+
+
+@main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8765, show_default=True, type=int)
 def sim(host: str, port: int) -> None:

@@ -40,8 +40,8 @@ REQUIRED_ENV = {
     "FLOWER_PASSWORD": "flower-pw-c3d9",
     "WANQ_API_KEY": "sk-compose-test-8b2e",
 }
-ALL_SERVICES = {"redis", "worker-create", "worker-poll", "flower", "sim", "producer"}
-DEFAULT_SERVICES = {"redis", "worker-create", "worker-poll", "flower"}
+ALL_SERVICES = {"redis", "worker-create", "worker-poll", "flower", "metrics", "sim", "producer"}
+DEFAULT_SERVICES = {"redis", "worker-create", "worker-poll", "flower", "metrics"}
 WORKERS = ("worker-create", "worker-poll")
 
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|API_KEY|TOKEN|AUTH", re.IGNORECASE)
@@ -105,11 +105,11 @@ def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:
     resolved = yaml.safe_load(done.stdout)["services"]
     assert set(resolved) == ALL_SERVICES
     url = f"redis://:{REQUIRED_ENV['REDIS_PASSWORD']}@redis:6379/0"
-    for name in (*WORKERS, "flower", "producer"):
+    for name in (*WORKERS, "flower", "metrics", "producer"):
         assert resolved[name]["environment"]["WANQ_REDIS_URL"] == url, name
     for name in WORKERS:
         assert resolved[name]["environment"]["WANQ_API_KEY"] == REQUIRED_ENV["WANQ_API_KEY"]
-    for name in ("flower", "producer", "sim", "redis"):  # the key is for the workers only
+    for name in ("flower", "metrics", "producer", "sim", "redis"):  # the key: workers only
         assert REQUIRED_ENV["WANQ_API_KEY"] not in str(resolved[name]), name
 
 

@@ -6,17 +6,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
 
 import pytest
+import redis
 import requests
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ops.localstack import free_port, wait_for
+from ops.localstack import LocalStack, free_port, wait_for
 from tests.conftest import API_KEY, WORKER_ENV, jobs
 from workers import account, errors, keys, metrics
 from workers.store import ALL_STATES, connect
@@ -231,12 +233,15 @@ def test_scrape_reads_only_the_most_recent_batches(redis_url):
     pipe.rpush(keys.CREATE_QUEUE, "m1", "m2", "m3")
     pipe.rpush(keys.POLL_QUEUE, "m4")
     pipe.hset(metrics.UNACKED_KEY, mapping={"tag1": "x", "tag2": "y"})
+    pipe.zadd(keys.INFLIGHT, {f"b204:j{i}": i for i in range(9)})
+    pipe.zadd(keys.SLOTS, {f"b204:k{i}": i for i in range(4)})
     pipe.execute()
 
     samples = collect(client, batch_limit=200)
     batches = label_values(samples, "wanq_jobs", "batch")
     assert batches == {f"b{i:03d}" for i in range(6, 205)}  # "gone" took a slot of the 200
-    assert value(samples, "wanq_in_flight") == 5 * 199
+    assert value(samples, "wanq_in_flight") == 9  # the cluster's in-flight set, exact
+    assert value(samples, "wanq_waiting_for_slot") == 4
     assert value(samples, "wanq_in_flight_cap") == 0
     assert value(samples, "wanq_cost_usd_total", batch="b204") == 204 / 1_000_000
     assert value(samples, "wanq_failures_total", batch="b204", code=errors.HTTP_ERROR) == 2
@@ -316,3 +321,22 @@ def test_observe_job_end_from_the_job_hash(redis_url):
         "3",
     ]
     assert metrics.result_lag({"last_miss_at": ""}, 10.0) is None
+
+
+def test_wanq_metrics_command_serves_the_endpoint(redis_server, redis_url, tmp_path):
+    """The command compose runs (`wanq metrics`): a real process answering a scrape."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client.zadd(keys.INFLIGHT, {"b:1": 1, "b:2": 2})
+    port = free_port()
+    stack = LocalStack(tmp_path)
+    env = {**os.environ, "WANQ_REDIS_URL": redis_url, "WANQ_MAX_IN_FLIGHT": "50"}
+    stack._spawn(
+        "metrics", [sys.executable, "-m", "producers.cli", "metrics", "--port", str(port)], env
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+        samples = wait_for(lambda: scrape(url), "wanq metrics")
+        assert value(samples, "wanq_in_flight") == 2
+        assert value(samples, "wanq_in_flight_cap") == 50
+    finally:
+        stack.stop()

@@ -40,7 +40,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from workers import account, keys
-from workers.store import ALL_STATES, State, connect
+from workers.store import ALL_STATES, connect
 
 log = logging.getLogger("wanq.metrics")
 
@@ -59,7 +59,6 @@ BATCH_LIMIT = 200  # batches read per scrape: the most recent ones of wanq:batch
 QUEUES = (keys.CREATE_QUEUE, keys.POLL_QUEUE, keys.DELIVER_QUEUE)
 UNACKED_KEY = "unacked"  # kombu's hash of delivered, not yet acknowledged messages
 DUPLICATE_CREATES_FIELD = "create_window_losses"  # in wanq:stats
-IN_FLIGHT_STATES = (State.CREATING, State.RUNNING)
 
 DEFAULT_PORT = 9808
 
@@ -169,11 +168,14 @@ class WanqCollector(Collector):
         pipe.hmget(RESULT_LAG_KEY, _fields(LAG_BUCKETS))
         pipe.hmget(POLLS_KEY, _fields(POLL_BUCKETS))
         pipe.hget(keys.STATS, DUPLICATE_CREATES_FIELD)
+        pipe.zcard(keys.INFLIGHT)
+        pipe.zcard(keys.SLOTS)
         answers = pipe.execute()
         blocked = account.blocked(self.redis)
 
         n = 2 * len(batch_ids)
-        per_batch, (depths, unacked, lag, polls, duplicates) = answers[:n], _split(answers[n:])
+        per_batch, tail = answers[:n], _split(answers[n:])
+        depths, unacked, lag, polls, duplicates, in_flight, slot_waits = tail
 
         jobs = GaugeMetricFamily(
             "wanq_jobs", "Jobs of a batch in each state.", labels=["batch", "state"]
@@ -186,7 +188,6 @@ class WanqCollector(Collector):
             "Jobs of a batch that failed, by error code (wanq retry lowers it: a reset).",
             labels=["batch", "code"],
         )
-        in_flight = 0
         for index, batch_id in enumerate(batch_ids):
             fields, codes = per_batch[2 * index], per_batch[2 * index + 1]
             if not fields:
@@ -194,8 +195,6 @@ class WanqCollector(Collector):
             for state in ALL_STATES:
                 count = _int(fields.get(f"n:{state.value}"))
                 jobs.add_metric([batch_id, state.value], count)
-                if state in IN_FLIGHT_STATES:
-                    in_flight += count
             cost.add_metric([batch_id], _int(fields.get("cost_micros")) / 1_000_000)
             for code, count in sorted(codes.items()):
                 if _int(count) > 0:
@@ -206,8 +205,13 @@ class WanqCollector(Collector):
 
         yield GaugeMetricFamily(
             "wanq_in_flight",
-            f"Jobs creating or running, over the {self.batch_limit} most recent batches.",
+            "Remote tasks being created or run, cluster-wide (what the cap counts).",
             value=in_flight,
+        )
+        yield GaugeMetricFamily(
+            "wanq_waiting_for_slot",
+            "Jobs parked until an in-flight slot frees (backpressure of the cap).",
+            value=slot_waits,
         )
         yield GaugeMetricFamily(
             "wanq_in_flight_cap",
@@ -247,10 +251,10 @@ def _fields(bounds: tuple[float, ...]) -> list[str]:
     return [*(bucket_label(b) for b in bounds), SUM_FIELD, COUNT_FIELD]
 
 
-def _split(tail: list[Any]) -> tuple[list[int], int, list[Any], list[Any], Any]:
+def _split(tail: list[Any]) -> tuple[list[int], int, list[Any], list[Any], Any, int, int]:
     depths = [int(d) for d in tail[: len(QUEUES)]]
-    unacked, lag, polls, duplicates = tail[len(QUEUES) :]
-    return depths, int(unacked), lag, polls, duplicates
+    unacked, lag, polls, duplicates, in_flight, slot_waits = tail[len(QUEUES) :]
+    return depths, int(unacked), lag, polls, duplicates, int(in_flight), int(slot_waits)
 
 
 def _histogram(name: str, doc: str, bounds: tuple[float, ...], values: list[Any]) -> Metric:
