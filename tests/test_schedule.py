@@ -32,15 +32,15 @@ def test_attempts_run_out():
 
 def test_first_poll_follows_observed_generation_time():
     assert schedule.first_poll_delay(None, SETTINGS) == SETTINGS.poll_first
-    assert schedule.first_poll_delay(10.0, SETTINGS) == pytest.approx(9.5)
+    assert schedule.first_poll_delay(10.0, SETTINGS) == pytest.approx(9.0)
     assert schedule.first_poll_delay(10_000.0, SETTINGS) == SETTINGS.max_countdown
 
 
 def test_later_polls_are_short_then_grow_up_to_the_cap():
     rng = random.Random(2)
     delays = [schedule.next_poll_delay(k, 10.0, SETTINGS, rng) for k in range(1, 12)]
-    assert delays[0] == pytest.approx(1.0, rel=0.11)
-    assert delays[3] > delays[0] * 2
+    assert delays[0] == pytest.approx(0.8, rel=0.11)
+    assert delays[6] > delays[0] * 2
     assert max(delays) <= SETTINGS.poll_max_interval * 1.1
     assert all(d <= SETTINGS.max_countdown for d in delays)
 

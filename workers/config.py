@@ -44,7 +44,7 @@ class Settings:
     backoff_cap: float = 30.0
     # polling schedule
     poll_first: float = 8.0  # first poll delay before any generation time is observed
-    poll_factor: float = 1.5
+    poll_factor: float = 1.25
     poll_max_interval: float = 20.0
     poll_deadline: float = 1800.0  # seconds after creation before a job fails with 001021098
     poll_max_errors: int = 8  # consecutive failed status checks before 001021098
