@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -353,6 +354,9 @@ def run(
 ) -> None:
     """The one-machine path: start what is missing, submit FILE, wait, write the results."""
     from ops.localstack import LocalStack
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):  # stop what we started, as on Ctrl-C
+        signal.signal(signum, _exit_on_signal)
     from producers.api import write_results
     from producers.progress import Stopwatch, summary_table, watch
 
@@ -377,6 +381,10 @@ def run(
         if stack.processes:
             console.print("stopping what wanq run started ...")
             stack.stop()
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _wants_sim(settings: config.Settings, sim: bool | None) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -67,7 +68,14 @@ def test_up_runs_a_batch_and_down_stops_everything(tmp_path):
     assert "nothing was running" in wanq("down", env=env).stdout
 
     # The jobs survive a down and an up (AOF): Redis comes back with the batch in it.
-    again = wanq("up", "--workers", "0", f"--redis-port={redis_port}", env=env)
+    again = wanq(
+        "up",
+        "--workers",
+        "0",
+        f"--redis-port={redis_port}",
+        f"--flower-port={flower_port}",
+        env=env,
+    )
     try:
         assert again.returncode == 0, again.stderr
         listed = wanq("batches", env=_with_redis(env, stack))
@@ -93,3 +101,48 @@ def test_down_kills_what_ignores_sigterm(tmp_path):
 
 def _with_redis(env: dict[str, str], stack: dict) -> dict[str, str]:
     return {**env, "WANQ_REDIS_URL": stack["redis_url"]}
+
+
+def test_wanq_run_stops_what_it_started_when_terminated(tmp_path):
+    """SIGTERM (a closed terminal, a CI timeout) must not leave Redis, workers, Flower or the
+    simulator behind."""
+    data = tmp_path / "data"
+    env = {
+        **os.environ,
+        **WORKER_ENV,
+        "WANQ_DATA_DIR": str(data),
+        "WANQ_REDIS_URL": "",
+        "WANQ_PROVIDER_URL": "",
+        "WANQ_SIM_LATENCY": "30",
+    }
+    batch = write_lines(tmp_path / "slow.jsonl", jobs(5))
+    run = subprocess.Popen(
+        [sys.executable, "-m", "producers.cli", "run", str(batch), "--sim", "--workers", "1"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen = []
+    for line in run.stderr:  # until Flower's URL: everything has been started by then
+        seen.append(line)
+        if "Flower" in line:
+            break
+    started = spawned_under(data)
+    assert len(started) >= 4, seen  # redis, simulator, flower, supervisor + worker
+    run.send_signal(signal.SIGTERM)
+    assert run.wait(60) == 128 + signal.SIGTERM
+    wait_for(lambda: not [p for p in started if alive(p)], "wanq run's processes to end", 30)
+
+
+def spawned_under(data_dir: Path) -> list[int]:
+    """Processes whose environment names this data directory: what wanq run started."""
+    marker = f"WANQ_DATA_DIR={data_dir}".encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) != os.getpid():
+            try:
+                if marker in (proc / "environ").read_bytes().split(b"\0"):
+                    pids.append(int(proc.name))
+            except OSError:
+                continue
+    return pids
