@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from workers import connection
+
 DEFAULT_API_KEY = "sim-key"
 
 
@@ -110,6 +112,7 @@ def load(environ: dict[str, str] | None = None) -> Settings:
         if raw is not None and raw != "":
             values[f.name] = _coerce(raw, getattr(defaults, f.name))
     settings = Settings(**values)
+    connection.parse_sentinel(settings.broker_url)  # a malformed URL fails here, not in a worker
     if settings.max_countdown * 2 > settings.visibility_timeout:
         raise ValueError(
             "WANQ_MAX_COUNTDOWN must be at most half of WANQ_VISIBILITY_TIMEOUT, or held "
