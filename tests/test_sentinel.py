@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.sentinel import Sentinel
 
 from ops.localstack import LocalStack, wait_for
 from tests.conftest import SIM_ENV, Cluster, jobs
@@ -53,12 +54,22 @@ def _blocked(client: redis.Redis) -> bool:
 
 
 def _port_named(url: str) -> int:
-    """The master's port as the first sentinel names it now."""
+    """The master's port as the sentinels name it to a new client now (SENTINEL MASTERS;
+    get-master-addr-by-name names the promoted replica before the failover has ended)."""
+    sentinel = connection.parse_sentinel(url)
+    assert sentinel is not None
+    manager = Sentinel(list(sentinel.sentinels), sentinel_kwargs=sentinel.sentinel_kwargs())
+    try:
+        return int(manager.discover_master(sentinel.master_name)[1])
+    finally:
+        manager.close()
+
+
+def _sentinel(url: str) -> redis.Redis:
     sentinel = connection.parse_sentinel(url)
     assert sentinel is not None
     host, port = sentinel.sentinels[0]
-    with redis.Redis(host, port, password=SENTINEL_PASSWORD) as client:
-        return int(client.sentinel_get_master_addr_by_name(sentinel.master_name)[1])
+    return redis.Redis(host, port, password=SENTINEL_PASSWORD)
 
 
 def test_the_sentinel_url_parses_into_kombus_form_with_options_aside():
@@ -116,21 +127,28 @@ def test_the_store_client_follows_the_sentinels_to_the_new_master(tmp_path):
         assert client.get("before") == "kept"
 
 
-def test_a_batch_survives_the_master_dying(sentinel_cluster):
-    """SIGKILL of the master mid-batch: the sentinels promote the replica, workers and
-    producer follow them there, and every job still ends once."""
+@pytest.mark.parametrize("how", ["sigkill", "sentinel-failover"])
+def test_a_batch_survives_a_failover(sentinel_cluster, how):
+    """Mid-batch, the master dies (SIGKILL: writes not yet replicated are lost) or an
+    operator moves it (SENTINEL FAILOVER: the old master is demoted to a replica). Workers
+    and producer follow the sentinels to the new master, and every job still ends once."""
     cluster = sentinel_cluster(workers=2, sim_env={"WANQ_SIM_LATENCY": "2"})
     report = cluster.submit(jobs(60))
     client = cluster.client()
     wait_for(lambda: client.status(report.batch_id).ended >= 10, "a sixth of the batch", 90)
     old_port = _port_named(cluster.redis_url)
-    master = next(p for p in cluster.stack.processes if p.name == "redis")
-    master.kill()
-
+    if how == "sigkill":
+        next(p for p in cluster.stack.processes if p.name == "redis").kill()
+    else:
+        with _sentinel(cluster.redis_url) as sentinel:
+            assert sentinel.execute_command("SENTINEL FAILOVER", "mymaster")
     new_port = _new_master(cluster.redis_url, old_port)
+    if how == "sentinel-failover":  # writes to the old master count only once it is demoted
+        with redis.Redis(port=old_port, password=PASSWORD) as old:
+            wait_for(lambda: old.info("replication")["role"] == "slave", "the demotion", 60)
+
     final = cluster.wait(report.batch_id, timeout=180)
     assert final.counts["succeeded"] == 60
     assert_exactly_once(cluster, report.batch_id, 60)
-    assert new_port != old_port
     with redis.Redis(port=new_port, password=PASSWORD) as promoted:
         assert promoted.info("replication")["role"] == "master"
