@@ -31,7 +31,7 @@ HEALTH_CHECK_INTERVAL = 25
 # A master lost without a TCP reset (a dead machine) must not hang a call forever.
 SOCKET_TIMEOUTS = {"socket_timeout": 10.0, "socket_connect_timeout": 5.0}
 # A store call waits out a failover (down-after-milliseconds plus the election: keep them
-# under about 25 s) instead of failing the task that made it: 13 tries over 26 to 52 s.
+# under about 20 s) instead of failing the task that made it: 13 tries over 24 to 48 s.
 FAILOVER_RETRY = Retry(EqualJitterBackoff(cap=5, base=0.25), retries=12)
 
 
