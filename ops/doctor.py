@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import redis
 
-from workers import account, config, keys
+from workers import account, config, connection, keys
 from workers.provider import AccountProblem, ProviderClient, Rejected, Transient
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -34,9 +34,7 @@ def run(environ: dict[str, str] | None = None, worker_timeout: float = 3.0) -> l
     except ValueError as exc:
         return [Check("configuration", FAIL, str(exc))]
     checks = [_configuration(settings)]
-    client = redis.Redis.from_url(
-        settings.broker_url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5
-    )
+    client = _redis(settings.broker_url)
     try:
         client.ping()
     except redis.RedisError as exc:
@@ -49,6 +47,15 @@ def run(environ: dict[str, str] | None = None, worker_timeout: float = 3.0) -> l
     checks.append(_account(client))
     checks.append(_provider(settings))
     return checks
+
+
+def _redis(url: str) -> redis.Redis:
+    """Sentinel URLs through wanq's own client; a plain one with short timeouts."""
+    if connection.parse_sentinel(url):
+        return connection.connect(url)
+    return redis.Redis.from_url(
+        url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5
+    )
 
 
 def _configuration(settings: config.Settings) -> Check:

@@ -105,31 +105,8 @@ class LocalStack:
     ) -> str:
         """Start redis-server with AOF on; ``tls``: a folder with ca.crt, server.crt and
         server.key, to serve TLS only (a ``rediss://`` URL checked against that CA)."""
-        server = shutil.which("redis-server")
-        if not server:
-            raise StackError("redis-server is not installed (Debian: apt-get install redis-server)")
         port = _claim_port(port, "redis-server") if port else free_port()
-        data = self.data_dir / "redis"
-        data.mkdir(parents=True, exist_ok=True)
-        args = [
-            server,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(data),
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "everysec",
-            "--save",
-            "",
-            "--protected-mode",
-            "yes",
-        ]
-        if password:
-            args += ["--requirepass", password]
+        args = self._redis_server_args("redis", port, password)
         if tls:
             args[args.index("--port") + 1] = "0"
             args += [
@@ -144,15 +121,76 @@ class LocalStack:
                 "--tls-auth-clients",
                 "no",
             ]
-        self._spawn("redis", args)
-        self._redis_args = args
         auth = f":{password}@" if password else ""
         url = f"redis://{auth}127.0.0.1:{port}/0"
         if tls:
             url = f"rediss://{auth}127.0.0.1:{port}/0?ssl_cert_reqs=required&ssl_ca_certs={tls}/ca.crt"
-        client = redis.Redis.from_url(url)
-        wait_for(client.ping, "redis-server")
-        client.close()
+        self._start_redis_server("redis", args, url)
+        self._redis_args = args
+        self.redis_url = url
+        self.env["WANQ_REDIS_URL"] = url
+        return url
+
+    def start_sentinels(
+        self,
+        password: str = "",
+        sentinel_password: str = "",
+        replicas: int = 1,
+        sentinels: int = 3,
+        master_name: str = "mymaster",
+    ) -> str:
+        """A master (process "redis"), its replicas and the sentinels watching it, timed to
+        fail over within seconds. Sets WANQ_REDIS_URL to kombu's form and returns it once
+        every sentinel sees every replica in sync and every other sentinel (a failover can
+        run then). ``restart_redis`` is for a lone Redis, not this."""
+        master_port = free_port()
+        auth = f":{password}@" if password else ""
+        follow = ["--masterauth", password] if password else []  # any node may follow another
+        for n in range(replicas + 1):  # the master first, named "redis" as in start_redis
+            name, port = (f"replica{n}", free_port()) if n else ("redis", master_port)
+            args = self._redis_server_args(name, port, password) + follow
+            if n:
+                args += ["--replicaof", "127.0.0.1", str(master_port)]
+            self._start_redis_server(name, args, f"redis://{auth}127.0.0.1:{port}/0")
+        ports = [free_port() for _ in range(sentinels)]
+        for n, port in enumerate(ports, 1):
+            folder = self.data_dir / f"sentinel{n}"
+            folder.mkdir(parents=True, exist_ok=True)
+            lines = [
+                f"port {port}",
+                "bind 127.0.0.1",
+                f"dir {folder}",
+                f"sentinel monitor {master_name} 127.0.0.1 {master_port} {sentinels // 2 + 1}",
+                f"sentinel down-after-milliseconds {master_name} 1000",
+                f"sentinel failover-timeout {master_name} 10000",
+            ]
+            if password:
+                lines.append(f"sentinel auth-pass {master_name} {password}")
+            if sentinel_password:
+                lines.append(f"requirepass {sentinel_password}")
+            conf = folder / "sentinel.conf"  # Sentinel rewrites its config file: one each
+            conf.write_text("\n".join(lines) + "\n")
+            self._spawn(f"sentinel{n}", [_redis_server(), str(conf), "--sentinel"])
+
+        def ready(port: int) -> bool:
+            client = redis.Redis(port=port, password=sentinel_password or None)
+            with client:
+                synced = [
+                    r
+                    for r in client.sentinel_slaves(master_name)
+                    if r["master-link-status"] == "ok" and not r["is_sdown"]
+                ]
+                return (
+                    len(synced) == replicas
+                    and len(client.sentinel_sentinels(master_name)) == sentinels - 1
+                )
+
+        for port in ports:
+            wait_for(lambda port=port: ready(port), f"sentinel on port {port}", 30)
+        query = f"?master_name={master_name}"
+        if sentinel_password:
+            query += f"&sentinel_password={sentinel_password}"
+        url = ";".join(f"sentinel://{auth}127.0.0.1:{port}/0" for port in ports) + query
         self.redis_url = url
         self.env["WANQ_REDIS_URL"] = url
         return url
@@ -162,10 +200,7 @@ class LocalStack:
         redis_process = next(p for p in self.processes if p.name == "redis")
         redis_process.stop()
         self.processes.remove(redis_process)
-        self._spawn("redis", self._redis_args)
-        client = redis.Redis.from_url(self.redis_url)
-        wait_for(client.ping, "redis-server after a restart")
-        client.close()
+        self._start_redis_server("redis", self._redis_args, self.redis_url)
 
     def start_simulator(self, extra_env: dict[str, str] | None = None, port: int = 0) -> str:
         ready = self.data_dir / f"sim-{os.getpid()}-{len(self.processes)}.addr"
@@ -248,6 +283,35 @@ class LocalStack:
         path.write_text(json.dumps(state, indent=2))
         return path
 
+    def _redis_server_args(self, name: str, port: int, password: str) -> list[str]:
+        """redis-server as wanq wants it: AOF on, loopback only, data in a folder of its own."""
+        data = self.data_dir / name
+        data.mkdir(parents=True, exist_ok=True)
+        args = [
+            _redis_server(),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(data),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+            "--protected-mode",
+            "yes",
+        ]
+        return [*args, "--requirepass", password] if password else args
+
+    def _start_redis_server(self, name: str, args: list[str], url: str) -> None:
+        self._spawn(name, args)
+        client = redis.Redis.from_url(url)
+        with client:
+            wait_for(client.ping, name)
+
     def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Process:
         log = self.data_dir / "logs" / f"{name}.log"
         with open(log, "ab") as out:
@@ -317,6 +381,13 @@ def _alive(pid: int) -> bool:
     with contextlib.suppress(OSError):
         return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
     return True
+
+
+def _redis_server() -> str:
+    server = shutil.which("redis-server")
+    if not server:
+        raise StackError("redis-server is not installed (Debian: apt-get install redis-server)")
+    return server
 
 
 def _project_root() -> str:

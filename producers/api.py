@@ -21,7 +21,7 @@ from typing import Any
 from producers.batchfile import BatchLine
 from producers.submit import Source, SubmitReport, submit_file, validate_file
 from producers.validation import ValidationOptions
-from workers import config, deliveries, keys
+from workers import config, connection, deliveries, keys
 from workers.batches import BatchStatus, batch_status
 from workers.finalize import cancel, public_record
 from workers.store import TERMINAL, JobStore, State
@@ -219,8 +219,9 @@ class Wanq:
         from workers.app import app
 
         # This process may talk to another Redis than its environment names (wanq run, tests).
-        with app.connection_for_write(self.settings.broker_url) as connection:
-            producer = app.amqp.Producer(connection)
+        url, sentinel_options = connection.broker(self.settings.broker_url)
+        with app.connection_for_write(url, transport_options=sentinel_options) as broker:
+            producer = app.amqp.Producer(broker)
             for args in args_list:
                 app.send_task(name, args=args, producer=producer)
 

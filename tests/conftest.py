@@ -18,7 +18,7 @@ import requests
 
 from ops.localstack import LocalStack, Process, free_port, wait_for
 from ops.sample import request as sample_request
-from workers import config
+from workers import config, connection
 
 API_KEY = "sk-wanq-test-9f8e7d6c5b4a"
 
@@ -90,7 +90,7 @@ class Cluster:
 
     @property
     def redis(self) -> redis.Redis:
-        return redis.Redis.from_url(self.redis_url, decode_responses=True)
+        return connection.connect(self.redis_url)  # a sentinel:// URL too
 
     @property
     def settings(self) -> config.Settings:

@@ -21,7 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from ops.localstack import LocalStack, free_port, wait_for
 from tests.conftest import API_KEY, WORKER_ENV, jobs
 from workers import account, errors, keys, metrics
-from workers.store import ALL_STATES, connect
+from workers.connection import connect
+from workers.store import ALL_STATES
 
 Samples = dict[tuple[str, frozenset], float]
 

@@ -23,13 +23,14 @@ import threading
 from celery import Celery, bootsteps, signals
 from kombu import Queue
 
-from workers import config, keys, logs
+from workers import config, connection, keys, logs
 from workers.provider import ProviderClient
 from workers.store import JobStore
 
 settings = config.load()
+broker_url, sentinel_options = connection.broker(settings.broker_url)
 
-app = Celery("wanq", broker=settings.broker_url, include=["workers.tasks"])
+app = Celery("wanq", broker=broker_url, include=["workers.tasks"])
 app.conf.update(
     task_queues=[Queue(keys.POLL_QUEUE), Queue(keys.CREATE_QUEUE), Queue(keys.DELIVER_QUEUE)],
     task_routes={
@@ -57,6 +58,7 @@ app.conf.update(
         "unacked_restore_interval": 5,
         "unacked_restore_throttle": 1,
         "queue_order_strategy": "priority",
+        **sentinel_options,  # master_name, sentinel_kwargs: empty for plain Redis
     },
 )
 

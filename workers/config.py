@@ -10,9 +10,12 @@ SIGKILLed worker's messages come back after it, which bounds recovery time.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from workers import connection
 
 DEFAULT_API_KEY = "sim-key"
 
@@ -94,9 +97,10 @@ class Settings:
 
 
 def safe_url(url: str) -> str:
-    """A URL as shown to people: never its password."""
-    password = urlsplit(url).password
-    return url.replace(f":{password}@", ":***@", 1) if password else url
+    """A URL as shown to people: never its password (nor a Sentinel URL's sentinel_password)."""
+    password = urlsplit(url.split(";", 1)[0]).password
+    shown = url.replace(f":{password}@", ":***@") if password else url
+    return re.sub(r"(sentinel_password=)[^&;]*", r"\1***", shown)
 
 
 def _coerce(raw: str, like: object) -> object:
@@ -121,6 +125,7 @@ def load(environ: dict[str, str] | None = None) -> Settings:
     settings = Settings(**values)
     if settings.log_format not in ("text", "json"):
         raise ValueError("WANQ_LOG_FORMAT is text or json")
+    connection.parse_sentinel(settings.broker_url)  # a malformed URL fails here, not in a worker
     if settings.max_countdown * 2 > settings.visibility_timeout:
         raise ValueError(
             "WANQ_MAX_COUNTDOWN must be at most half of WANQ_VISIBILITY_TIMEOUT, or held "

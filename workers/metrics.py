@@ -40,7 +40,8 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from workers import account, keys
-from workers.store import ALL_STATES, connect
+from workers.connection import connect
+from workers.store import ALL_STATES
 
 log = logging.getLogger("wanq.metrics")
 
@@ -145,7 +146,7 @@ def observe_job_end(
 class WanqCollector(Collector):
     """wanq's job-level metrics, read from Redis at each scrape with bounded work.
 
-    ``client`` must decode responses (``workers.store.connect``). ``in_flight_cap`` is the
+    ``client`` must decode responses (``workers.connection.connect``). ``in_flight_cap`` is the
     cluster's ``max_in_flight`` setting (0: no cap).
     """
 

@@ -18,6 +18,7 @@ from typing import Any
 import redis
 
 from workers import keys
+from workers.connection import connect
 
 STREAM_MAXLEN = 1_000_000
 
@@ -34,10 +35,6 @@ class State(StrEnum):
 
 TERMINAL = frozenset({State.SUCCEEDED, State.FAILED, State.CANCELLED})
 ALL_STATES = tuple(State)
-
-
-def connect(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, decode_responses=True, health_check_interval=25)
 
 
 @dataclass(frozen=True)
