@@ -73,11 +73,14 @@ class Bench:
             "WANQ_POLL_FIRST": repr(self.params.latency),
         }
 
-    def start_workers(self, n: int, cap: int) -> list[Process]:
+    def start_workers(
+        self, n: int, cap: int, extra_env: dict[str, str] | None = None
+    ) -> list[Process]:
         started = []
+        env = {**self.worker_env(cap), **(extra_env or {})}
         for _ in range(n):
             self._names += 1
-            started.append(self.stack.start_worker(f"wanq{self._names}", self.worker_env(cap)))
+            started.append(self.stack.start_worker(f"wanq{self._names}", env))
         for worker in started:
             self.wait_ready(worker)
         return started

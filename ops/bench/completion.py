@@ -64,6 +64,10 @@ class RunResult:
         return self.jobs_per_s / self.limit_per_s
 
     @property
+    def steady_vs_limit(self) -> float:
+        return self.steady_jobs_per_s / self.limit_per_s
+
+    @property
     def cpu_s_per_1000(self) -> float:
         return (self.producer_cpu_s + self.worker_cpu_s) / max(1, self.ended) * 1000
 

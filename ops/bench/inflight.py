@@ -1,8 +1,14 @@
 """Jobs held in flight on ONE worker process: its resident memory, and Redis memory per job
 in flight (payloads excluded). The simulator's latency is raised for the phase so nothing
 completes; the cap (WANQ_MAX_IN_FLIGHT) is set to the number of jobs so all may start.
-Polls go on while they are held, so the phase also shows whether one process keeps up with
-the polls that many jobs in flight ask for."""
+
+Ten thousand tasks in flight at once mean long generations (at L = 10 s they would end
+1,000 a second), so the worker runs with the settings README recommends for generation
+times of minutes: the operator's prior WANQ_POLL_FIRST = the held latency, and countdowns
+up to 5 minutes (WANQ_MAX_COUNTDOWN = 300 under WANQ_VISIBILITY_TIMEOUT = 900). With the
+default 30 s cap, each job would wake its worker every 30 s whatever its generation time:
+10,000 jobs = 333 polls/s, about one process's whole CPU. Polls go on while the jobs are
+held, so the phase also shows whether one process keeps up."""
 
 from __future__ import annotations
 
@@ -14,6 +20,12 @@ from ops.bench.cluster import Bench
 from workers import keys
 
 HELD_LATENCY = 1500.0  # seconds; below WANQ_POLL_DEADLINE (1800 s), so no job fails
+LONG_GENERATIONS = {  # README: "Long generations"
+    "WANQ_POLL_FIRST": repr(HELD_LATENCY),
+    "WANQ_VISIBILITY_TIMEOUT": "900",
+    "WANQ_MAX_COUNTDOWN": "300",
+    "WANQ_POLL_MAX_INTERVAL": "120",
+}
 OVERDUE = 5.0  # a step due longer ago than this counts as behind
 MB = 1024 * 1024
 STALL = 30.0  # seconds without one more job in flight: the worker cannot start more
@@ -48,7 +60,7 @@ def run(bench: Bench) -> InFlightResult:
     path = submission.write_batch(bench.data_dir / f"inflight-{jobs}.jsonl", jobs, seed=13)
     bench.flush()
     bench.configure_sim(latency=HELD_LATENCY)
-    [worker] = bench.start_workers(1, cap=jobs)
+    [worker] = bench.start_workers(1, cap=jobs, extra_env=LONG_GENERATIONS)
     pid = worker.popen.pid
     try:
         client = bench.client()

@@ -37,13 +37,16 @@ class Params:
         return shown
 
 
+# C / L = 40 completions/s in both modes: what a provider allowing 400 tasks at once with
+# 10 s generations yields, and a load two shared cores carry beside the simulator and Redis
+# (the quick mode compresses time by 2.5, cap and latency alike).
 FULL = Params(
     size="full",
     submit_lines=100_000,
     latency=10.0,
-    cap=200,
+    cap=400,
     concurrency=4,
-    completion_jobs=2_000,  # 10 rounds of the cap
+    completion_jobs=4_000,  # 10 rounds of the cap
     naive_jobs=32,  # 8 rounds of its threads: a job takes L rounded up to whole seconds
     in_flight_jobs=10_000,
     in_flight_hold=30.0,
@@ -53,7 +56,9 @@ QUICK = dataclasses.replace(
     FULL,
     size="quick",
     submit_lines=5_000,
-    latency=2.0,
+    latency=4.0,
+    cap=160,
+    completion_jobs=1_600,
     in_flight_jobs=500,
     in_flight_hold=10.0,
     scaling_workers=(1, 2),
