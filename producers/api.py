@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from producers.batchfile import BatchLine
+from producers.publish import TaskPublisher, task_publisher
 from producers.submit import Source, SubmitReport, submit_file, validate_file
 from producers.validation import ValidationOptions
 from workers import config, deliveries, keys
@@ -91,16 +94,17 @@ class Wanq:
                 raise ValueError("webhook URLs must be http:// or https://")
             if not self.settings.webhook_secret:
                 raise ValueError("a webhook needs WANQ_WEBHOOK_SECRET (whsec_...) to sign with")
-        return submit_file(
-            self.store,
-            self._send_creates,
-            source,
-            batch_id=batch_id,
-            allow_invalid=allow_invalid,
-            options=options,
-            on_line=on_line,
-            meta=batch.meta(),
-        )
+        with self._publisher() as publisher:
+            return submit_file(
+                self.store,
+                functools.partial(publisher.publish, "wanq.create"),
+                source,
+                batch_id=batch_id,
+                allow_invalid=allow_invalid,
+                options=options,
+                on_line=on_line,
+                meta=batch.meta(),
+            )
 
     # --- watching --------------------------------------------------------------------------
 
@@ -216,13 +220,16 @@ class Wanq:
         self._publish("wanq.create", jobs)
 
     def _publish(self, name: str, args_list: Iterable[tuple]) -> None:
+        with self._publisher() as publisher:
+            publisher.publish(name, args_list)
+
+    @contextmanager
+    def _publisher(self) -> Iterator[TaskPublisher]:
         from workers.app import app
 
         # This process may talk to another Redis than its environment names (wanq run, tests).
-        with app.connection_for_write(self.settings.broker_url) as connection:
-            producer = app.amqp.Producer(connection)
-            for args in args_list:
-                app.send_task(name, args=args, producer=producer)
+        with task_publisher(app, self.store.redis, self.settings.broker_url) as publisher:
+            yield publisher
 
 
 def write_results(records: Iterable[dict[str, Any]], out: io.TextIOBase, fmt: str = "jsonl") -> int:
