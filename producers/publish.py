@@ -1,4 +1,4 @@
-"""Celery task messages in bulk: built as Celery builds them, written with one pipeline.
+"""Celery task messages in bulk: built as Celery builds them, written with one command.
 
 ``app.send_task`` publishes one message per call through kombu: a round trip for the message,
 another for its task-sent event, and much Python around them (routing, the retry wrapper, a
@@ -6,7 +6,7 @@ queue declaration check, a new Redis client per command). Submission sends thous
 of one name at a time, so here each message is built by the call ``send_task`` itself makes
 (``app.amqp.as_task_v2``, same headers, same body), put in the envelope kombu's Redis
 transport stores (JSON, base64 body, delivery info and tag) and LPUSHed with the others of
-the call in one pipeline: the queue the workers consume reads the same messages as before.
+the call in one command: the queue the workers consume holds the same messages as before.
 
 The task-sent events (``task_send_sent_event``, for Flower) follow in Celery's own grouped
 form: one PUBLISH of a list of events on ``task.multi``, as ``EventDispatcher`` sends a
@@ -34,13 +34,13 @@ from kombu.serialization import dumps as serialize
 from kombu.utils.json import dumps
 from kombu.utils.uuid import uuid
 
-CHUNK = 1000  # messages per pipeline
+CHUNK = 1000  # messages per LPUSH
 
 
 class TaskPublisher:
     """Publishes task messages of ``app`` to the broker behind ``client`` and ``connection``.
 
-    ``client`` writes the messages (one pipeline per call); ``connection`` (kombu, same broker)
+    ``client`` writes the messages (one LPUSH per CHUNK); ``connection`` (kombu, same broker)
     declares each queue once and carries the task-sent events.
     """
 
@@ -69,15 +69,11 @@ class TaskPublisher:
         return sent
 
     def _publish(self, name: str, chunk: list[tuple], route: tuple[str, int]) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        events = []
-        for args in chunk:
-            message, event = self.message(name, args, route)
-            pipe.lpush(route[0], message)
-            events.append(event)
-        pipe.execute()
+        built = [self.message(name, args, route) for args in chunk]
+        # One LPUSH of many values stores them as that many LPUSHes would, in order.
+        self.client.lpush(route[0], *(message for message, _ in built))
         if self.events is not None:
-            for event in events:
+            for _, event in built:
                 self.events.send("task-sent", **event)
             self.events.flush(errors=False)
 
