@@ -9,7 +9,7 @@ import json
 
 import redis
 
-from producers.publish import task_publisher
+from producers.publish import _Template, task_publisher
 from workers import keys
 from workers.app import app
 
@@ -61,3 +61,37 @@ def test_task_sent_events_reach_an_event_receiver(redis_url):
     ids = {json.loads(m)["headers"]["id"] for m in client.lrange(keys.CREATE_QUEUE, 0, -1)}
     assert {event["uuid"] for event in received} == ids
     assert {event["queue"] for event in received} == {keys.CREATE_QUEUE}
+
+
+ODD_ARGS = [
+    ("b1:plain", 0),
+    ("b1:quotes \"'\\ and \t tabs\n", 7),
+    ("b1:é ✓ 汉字 \u2028", 1),
+    ("b1:" + "x" * 3000, 2),  # argsrepr is cut at Celery's argsrepr_maxsize
+    ("batch:b1",),
+]
+
+
+def test_the_template_renders_what_message_builds(redis_url):
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    with task_publisher(app, client, redis_url) as publisher:
+        for name in ("wanq.create", "wanq.deliver"):
+            route = publisher._route(name)
+            template = _Template(publisher, name, route)
+            assert template.faithful()
+            assert isinstance(publisher._renderer(name, route).__self__, _Template)
+            for args in ODD_ARGS:
+                rendered, event = template.render(args, "tid", "tag")
+                built, built_event = publisher.message(name, args, route, "tid", "tag")
+                assert json.loads(rendered) == json.loads(built), args
+                assert event == built_event
+
+
+def test_without_a_faithful_template_messages_are_built_one_by_one(redis_url, monkeypatch):
+    monkeypatch.setattr(_Template, "faithful", lambda self: False)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    with task_publisher(app, client, redis_url) as publisher:
+        publisher.publish("wanq.create", [("b1:job-1", 0)])
+    message = _normalized(client.lindex(keys.CREATE_QUEUE, 0))
+    assert message["body"][0] == ["b1:job-1", 0]
+    assert message["headers"]["argsrepr"] == "('b1:job-1', 0)"
