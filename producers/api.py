@@ -153,9 +153,9 @@ class Wanq:
         fields = {} if max_cost is None else {"max_cost_micros": round(max_cost * 1_000_000)}
         self.store.set_control(batch_id, "active", **fields)
         released = 0
-        while chunk := self.store.release(keys.batch_parked(batch_id), 1000):
-            self._send_creates(chunk)
-            released += len(chunk)
+        with self._publisher() as publisher:
+            while chunk := self.store.release(keys.batch_parked(batch_id), 1000):
+                released += publisher.publish("wanq.create", chunk)
         return released
 
     def cancel(self, batch_id: str) -> int:
@@ -167,9 +167,10 @@ class Wanq:
         self._require(batch_id)
         self.store.set_control(batch_id, "cancelled")
         ended = 0
-        for job in self.store.iter_batch_jobs(batch_id):
-            if job["state"] not in TERMINAL:
-                ended += bool(cancel(self.store, job["job_id"], job, self._send_task))
+        with self._publisher() as publisher:
+            for job in self.store.iter_batch_jobs(batch_id):
+                if job["state"] not in TERMINAL:
+                    ended += bool(cancel(self.store, job["job_id"], job, publisher.send_task))
         return ended
 
     def retry(self, batch_id: str, codes: Iterable[str] = ()) -> int:
@@ -184,7 +185,7 @@ class Wanq:
                 seq = self.store.reopen(job["job_id"], codes)
                 if seq >= 0:
                     reopened.append((job["job_id"], seq))
-        self._send_creates(reopened)
+        self._publish("wanq.create", reopened)
         return len(reopened)
 
     def archive(self, batch_id: str, directory: str | None = None) -> tuple[int, int, int]:
@@ -212,12 +213,6 @@ class Wanq:
     def _require(self, batch_id: str) -> None:
         if not self.store.batch(batch_id):
             raise KeyError(f"no batch {batch_id!r}")
-
-    def _send_task(self, name: str, args: tuple = ()) -> None:
-        self._publish(name, [args])
-
-    def _send_creates(self, jobs: Iterable[tuple[str, int]]) -> None:
-        self._publish("wanq.create", jobs)
 
     def _publish(self, name: str, args_list: Iterable[tuple]) -> None:
         with self._publisher() as publisher:

@@ -76,6 +76,10 @@ class TaskPublisher:
             sent += len(chunk)
         return sent
 
+    def send_task(self, name: str, args: tuple = ()) -> None:
+        """One task, called as ``app.send_task`` is (what workers.finalize takes)."""
+        self.publish(name, [args])
+
     def _publish(self, name: str, chunk: list[tuple], route: tuple[str, int]) -> None:
         render = self._renderer(name, route)
         built = [render(args) for args in chunk]
