@@ -21,6 +21,7 @@ from workers import keys
 
 STREAM_MAXLEN = 1_000_000
 ENQUEUE_SLICE = 100  # jobs per enqueue script: Redis runs nothing else meanwhile (~1 ms)
+ENQUEUE_SLICE_BYTES = 8 * 1024 * 1024  # or fewer: requests inline images of up to 10 MB
 
 
 class State(StrEnum):
@@ -95,21 +96,24 @@ class JobStore:
     def enqueue_many(self, batch_id: str, jobs: Sequence[tuple[str, str, int]]) -> list[str]:
         """Enqueue jobs given as (custom_id, request JSON, line); the IDs of those that are
         new, in order (a job whose (batch, custom_id) exists is left as it is). One script
-        per ENQUEUE_SLICE jobs, pipelined."""
+        per ENQUEUE_SLICE jobs (fewer when their requests pass ENQUEUE_SLICE_BYTES), all in
+        one pipeline."""
         now = time.time()
         shared = [keys.batch(batch_id), keys.batch_jobs(batch_id), keys.QUEUED]
         script = self._scripts["enqueue"]
         pipe = self.redis.pipeline(transaction=False)
-        job_ids = [keys.job_id(batch_id, custom_id) for custom_id, _, _ in jobs]
-        for start in range(0, len(jobs), ENQUEUE_SLICE):
-            job_keys, args = list(shared), [batch_id, now]
-            for job_id, (custom_id, request, line) in zip(
-                job_ids[start : start + ENQUEUE_SLICE],
-                jobs[start : start + ENQUEUE_SLICE],
-                strict=True,
-            ):
-                job_keys += (keys.job(job_id), keys.payload(job_id))
-                args += (job_id, custom_id, request, line)
+        job_ids = []
+        job_keys, args, size = list(shared), [batch_id, now], 0
+        for custom_id, request, line in jobs:
+            job_id = keys.job_id(batch_id, custom_id)
+            job_ids.append(job_id)
+            job_keys += (keys.job(job_id), keys.payload(job_id))
+            args += (job_id, custom_id, request, line)
+            size += len(request)
+            if len(args) >= 2 + 4 * ENQUEUE_SLICE or size >= ENQUEUE_SLICE_BYTES:
+                script(keys=job_keys, args=args, client=pipe)
+                job_keys, args, size = list(shared), [batch_id, now], 0
+        if len(args) > 2:
             script(keys=job_keys, args=args, client=pipe)
         created = (flag for flags in pipe.execute() for flag in flags)
         return [job_id for job_id, new in zip(job_ids, created, strict=True) if new]
