@@ -105,7 +105,7 @@ def _jobs(
     for line in lines:
         if on_line:
             on_line(line)
-        if line.error is not None:
+        if not line.valid:
             report.invalid.append(line)
             continue
         report.valid += 1
