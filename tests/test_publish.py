@@ -6,10 +6,11 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import uuid
 
 import redis
 
-from producers.publish import _Template, task_publisher
+from producers.publish import _Template, task_publisher, uuid4s
 from workers import keys
 from workers.app import app
 
@@ -82,7 +83,7 @@ def test_the_template_renders_what_message_builds(redis_url):
             assert isinstance(publisher._renderer(name, route).__self__, _Template)
             for args in ODD_ARGS:
                 rendered, event = template.render(args, "tid", "tag")
-                built, built_event = publisher.message(name, args, route, "tid", "tag")
+                built, built_event = publisher.message(name, args, "tid", "tag", route=route)
                 assert json.loads(rendered) == json.loads(built), args
                 assert event == built_event
 
@@ -95,3 +96,11 @@ def test_without_a_faithful_template_messages_are_built_one_by_one(redis_url, mo
     message = _normalized(client.lindex(keys.CREATE_QUEUE, 0))
     assert message["body"][0] == ["b1:job-1", 0]
     assert message["headers"]["argsrepr"] == "('b1:job-1', 0)"
+
+
+def test_uuid4s_are_random_version_4_uuids():
+    made = uuid4s(1000)
+    assert len(set(made)) == 1000
+    for text in made:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122
