@@ -126,9 +126,10 @@ def _submission(sub: SubmitResult) -> list[Figure]:
             f"the producer, one Python thread busy {sub.cpu_s / sub.seconds:.0%} of the time: "
             f"about {sub.validate_s:.2f} of its {sub.seconds:.2f} s read and validate the file "
             f"(once: the valid jobs are spooled until the whole file is known valid); the "
-            f"other {rest:.2f} s build Celery's task messages (as_task_v2 and kombu's envelope "
-            "per job) and wait for Redis: one enqueue script per 100 jobs, one LPUSH of the "
-            "messages and one PUBLISH of the task-sent events per 500",
+            f"other {rest:.2f} s render Celery's task messages and task-sent events (from a "
+            "template checked against as_task_v2 and kombu's envelope) and wait for Redis: one "
+            "enqueue script per 100 jobs, one LPUSH of the messages and one PUBLISH of the "
+            "events per 500",
             f"{sub.enqueued:,} of {sub.lines:,} lines in {sub.seconds:.2f} s "
             f"({sub.cpu_s:.2f} s CPU); one validation pass alone {sub.validate_s:.2f} s",
         ),
