@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from producers.batchfile import BatchLine
+from producers.publish import TaskPublisher, task_publisher
 from producers.submit import Source, SubmitReport, submit_file, validate_file
 from producers.validation import ValidationOptions
 from workers import config, connection, deliveries, keys
@@ -91,16 +94,17 @@ class Wanq:
                 raise ValueError("webhook URLs must be http:// or https://")
             if not self.settings.webhook_secret:
                 raise ValueError("a webhook needs WANQ_WEBHOOK_SECRET (whsec_...) to sign with")
-        return submit_file(
-            self.store,
-            self._send_creates,
-            source,
-            batch_id=batch_id,
-            allow_invalid=allow_invalid,
-            options=options,
-            on_line=on_line,
-            meta=batch.meta(),
-        )
+        with self._publisher() as publisher:
+            return submit_file(
+                self.store,
+                functools.partial(publisher.publish, "wanq.create"),
+                source,
+                batch_id=batch_id,
+                allow_invalid=allow_invalid,
+                options=options,
+                on_line=on_line,
+                meta=batch.meta(),
+            )
 
     # --- watching --------------------------------------------------------------------------
 
@@ -149,9 +153,9 @@ class Wanq:
         fields = {} if max_cost is None else {"max_cost_micros": round(max_cost * 1_000_000)}
         self.store.set_control(batch_id, "active", **fields)
         released = 0
-        while chunk := self.store.release(keys.batch_parked(batch_id), 1000):
-            self._send_creates(chunk)
-            released += len(chunk)
+        with self._publisher() as publisher:
+            while chunk := self.store.release(keys.batch_parked(batch_id), 1000):
+                released += publisher.publish("wanq.create", chunk)
         return released
 
     def cancel(self, batch_id: str) -> int:
@@ -163,9 +167,10 @@ class Wanq:
         self._require(batch_id)
         self.store.set_control(batch_id, "cancelled")
         ended = 0
-        for job in self.store.iter_batch_jobs(batch_id):
-            if job["state"] not in TERMINAL:
-                ended += bool(cancel(self.store, job["job_id"], job, self._send_task))
+        with self._publisher() as publisher:
+            for job in self.store.iter_batch_jobs(batch_id):
+                if job["state"] not in TERMINAL:
+                    ended += bool(cancel(self.store, job["job_id"], job, publisher.send_task))
         return ended
 
     def retry(self, batch_id: str, codes: Iterable[str] = ()) -> int:
@@ -180,7 +185,7 @@ class Wanq:
                 seq = self.store.reopen(job["job_id"], codes)
                 if seq >= 0:
                     reopened.append((job["job_id"], seq))
-        self._send_creates(reopened)
+        self._publish("wanq.create", reopened)
         return len(reopened)
 
     def archive(self, batch_id: str, directory: str | None = None) -> tuple[int, int, int]:
@@ -209,21 +214,18 @@ class Wanq:
         if not self.store.batch(batch_id):
             raise KeyError(f"no batch {batch_id!r}")
 
-    def _send_task(self, name: str, args: tuple = ()) -> None:
-        self._publish(name, [args])
-
-    def _send_creates(self, jobs: Iterable[tuple[str, int]]) -> None:
-        self._publish("wanq.create", jobs)
-
     def _publish(self, name: str, args_list: Iterable[tuple]) -> None:
+        with self._publisher() as publisher:
+            publisher.publish(name, args_list)
+
+    @contextmanager
+    def _publisher(self) -> Iterator[TaskPublisher]:
         from workers.app import app
 
         # This process may talk to another Redis than its environment names (wanq run, tests).
         url, sentinel_options = connection.broker(self.settings.broker_url)
-        with app.connection_for_write(url, transport_options=sentinel_options) as broker:
-            producer = app.amqp.Producer(broker)
-            for args in args_list:
-                app.send_task(name, args=args, producer=producer)
+        with task_publisher(app, self.store.redis, url, sentinel_options) as publisher:
+            yield publisher
 
 
 def write_results(records: Iterable[dict[str, Any]], out: io.TextIOBase, fmt: str = "jsonl") -> int:

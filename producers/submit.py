@@ -1,16 +1,18 @@
 """Submission: validated batch lines become job records and create messages.
 
-Records go first (one Lua script per job, pipelined), messages second: a job that exists
-without its message is found by the sweeper, while a message without its record would be
-lost. Jobs are keyed by (batch, custom_id), so submitting a file again adds nothing.
+The file is read once. Records go first (one Lua script per slice of a chunk, pipelined),
+messages second: a job that exists without its message is found by the sweeper, while a
+message without its record would be lost. Jobs are keyed by (batch, custom_id), so
+submitting a file again adds nothing.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
+import pickle
 import re
 import secrets
-import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -20,13 +22,13 @@ from typing import IO
 
 from producers.batchfile import BatchLine, read_batch
 from producers.validation import ValidationOptions
-from workers import keys
 from workers.store import JobStore
 
 BATCH_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 CHUNK = 500
 
 Source = str | Path | IO[bytes]
+Job = tuple[str, str, int]  # custom_id, request JSON, line number
 
 
 @dataclass
@@ -69,33 +71,37 @@ def submit_file(
     on_line: Callable[[BatchLine], None] | None = None,
     meta: dict[str, object] | None = None,
 ) -> SubmitReport:
-    """Validate and enqueue a batch file.
+    """Validate and enqueue a batch file, reading it once.
 
-    With invalid lines and ``allow_invalid`` false, nothing is enqueued: the file is read
-    twice (first only to validate), so standard input is spooled to a temporary file.
+    With ``allow_invalid`` false, nothing is enqueued before every line is known valid: the
+    valid jobs wait in an anonymous temporary spool (their normalized requests serialized
+    once) until the end of the file, and are enqueued from there; with invalid lines the
+    spool is dropped and the report lists them. With ``allow_invalid``, jobs are enqueued
+    as they are read.
     """
     options = options or ValidationOptions()
     report = SubmitReport(check_batch_id(batch_id or new_batch_id()))
-    with _rereadable(source, twice=not allow_invalid) as path:
-        if not allow_invalid:
-            invalid = [line for line in read_batch(path, options) if not line.valid]
-            if invalid:
-                report.invalid = invalid
-                report.submitted = False
-                return report
+    jobs = _jobs(read_batch(source, options), report, on_line)
+    if allow_invalid:
         store.open_batch(report.batch_id, meta or {})
-        _enqueue(store, send_create, read_batch(path, options), report, on_line)
+        _enqueue(store, send_create, jobs, report)
+        return report
+    with _Spool() as spool:
+        for chunk in _chunks(jobs):
+            if not report.invalid:  # past the first invalid line, only the reading goes on
+                spool.write(chunk)
+        if report.invalid:
+            report.submitted = False
+            return report
+        store.open_batch(report.batch_id, meta or {})
+        _enqueue(store, send_create, spool.read(), report)
     return report
 
 
-def _enqueue(
-    store: JobStore,
-    send_create: Callable[[Iterable[tuple[str, int]]], None],
-    lines: Iterable[BatchLine],
-    report: SubmitReport,
-    on_line: Callable[[BatchLine], None] | None,
-) -> None:
-    chunk: list[BatchLine] = []
+def _jobs(
+    lines: Iterable[BatchLine], report: SubmitReport, on_line: Callable[[BatchLine], None] | None
+) -> Iterator[Job]:
+    """The valid lines as jobs (request serialized); the invalid ones go to the report."""
     for line in lines:
         if on_line:
             on_line(line)
@@ -103,55 +109,51 @@ def _enqueue(
             report.invalid.append(line)
             continue
         report.valid += 1
-        chunk.append(line)
-        if len(chunk) >= CHUNK:
-            _flush(store, send_create, chunk, report)
-            chunk = []
-    _flush(store, send_create, chunk, report)
+        yield (str(line.custom_id), json.dumps(line.body), line.line)
 
 
-def _flush(
+def _chunks(jobs: Iterable[Job]) -> Iterator[list[Job]]:
+    jobs = iter(jobs)
+    while chunk := list(itertools.islice(jobs, CHUNK)):
+        yield chunk
+
+
+def _enqueue(
     store: JobStore,
     send_create: Callable[[Iterable[tuple[str, int]]], None],
-    chunk: list[BatchLine],
+    jobs: Iterable[Job],
     report: SubmitReport,
 ) -> None:
-    if not chunk:
-        return
-    pipe = store.redis.pipeline(transaction=False)
-    for line in chunk:
-        store.enqueue(report.batch_id, str(line.custom_id), line.body or {}, line.line, pipe=pipe)
-    created = pipe.execute()
-    fresh = [line for line, new in zip(chunk, created, strict=True) if new]
-    report.enqueued += len(fresh)
-    report.existing += len(chunk) - len(fresh)
-    send_create((keys.job_id(report.batch_id, str(line.custom_id)), 0) for line in fresh)
+    """Records first, a chunk at a time, then the create messages of the jobs that are new."""
+    for chunk in _chunks(jobs):
+        fresh = store.enqueue_many(report.batch_id, chunk)
+        report.enqueued += len(fresh)
+        report.existing += len(chunk) - len(fresh)
+        if fresh:
+            send_create((job_id, 0) for job_id in fresh)
 
 
-class _rereadable:
-    """A path for the source that can be read twice; standard input is spooled to disk."""
+class _Spool:
+    """Chunks of jobs in an anonymous temporary file (gone when closed), read back in order."""
 
-    def __init__(self, source: Source, twice: bool) -> None:
-        self.source = source
-        self.twice = twice
-        self.spool: Path | None = None
+    def __enter__(self) -> _Spool:
+        self.file = tempfile.TemporaryFile(prefix="wanq-spool-")
+        return self
 
-    def __enter__(self) -> Source:
-        if not self.twice or (isinstance(self.source, (str, Path)) and self.source != "-"):
-            return self.source
-        stream = _binary(self.source)
-        with tempfile.NamedTemporaryFile("wb", prefix="wanq-stdin-", delete=False) as spool:
-            shutil.copyfileobj(stream, spool)
-        self.spool = Path(spool.name)
-        return self.spool
+    def write(self, chunk: list[Job]) -> None:
+        pickle.dump(chunk, self.file, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def read(self) -> Iterator[Job]:
+        self.file.seek(0)
+        while True:
+            try:
+                chunk = pickle.load(self.file)  # our own file, written above
+            except EOFError:
+                return
+            yield from chunk
 
     def __exit__(self, *exc: object) -> None:
-        if self.spool:
-            self.spool.unlink(missing_ok=True)
-
-
-def _binary(source: Source) -> IO[bytes]:
-    return sys.stdin.buffer if source == "-" else source  # type: ignore[return-value]
+        self.file.close()
 
 
 __all__ = ["SubmitReport", "check_batch_id", "submit_file", "validate_file"]

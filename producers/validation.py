@@ -14,6 +14,7 @@ import copy
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from producers.images import check_image, describe, json_type
 from workers import errors
@@ -51,8 +52,7 @@ def validate_request(body: object, options: ValidationOptions = DEFAULT_OPTIONS)
     """Return a normalized copy of ``body``; raise ValidationError for its first problem."""
     if not isinstance(body, dict):
         raise ValidationError(errors.BODY_TYPE, f"got {json_type(body)}")
-    _check_depth(body)
-    request = copy.deepcopy(body)
+    request = _checked_copy(body)
     if request.get("model") != MODEL:
         raise ValidationError(errors.MODEL, _got(request, "model"), "model")
     content = _message_content(request)
@@ -71,19 +71,20 @@ def validate_request(body: object, options: ValidationOptions = DEFAULT_OPTIONS)
 
 
 MAX_DEPTH = 32  # a valid request nests 6 deep; far deeper is junk (and would blow the stack)
+_IMMUTABLE = (str, int, float, bool, type(None))
 
 
-def _check_depth(body: dict) -> None:
-    """Refuse absurd nesting before anything recursive (deepcopy) touches it; iterative."""
-    stack: list[tuple[object, int]] = [(body, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            raise ValidationError(errors.FIELD_TYPE, f"nested deeper than {MAX_DEPTH} levels")
-        if isinstance(value, dict):
-            stack.extend((item, depth + 1) for item in value.values())
-        elif isinstance(value, list):
-            stack.extend((item, depth + 1) for item in value)
+def _checked_copy(value: Any, depth: int = 1) -> Any:
+    """A deep copy that refuses absurd nesting on the way down: the recursion stops at
+    MAX_DEPTH, so junk cannot blow the stack. Dicts and lists (the JSON containers) are
+    copied as plain ones, the immutable scalars shared, anything else deep-copied."""
+    if depth > MAX_DEPTH:
+        raise ValidationError(errors.FIELD_TYPE, f"nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, dict):
+        return {key: _checked_copy(item, depth + 1) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_checked_copy(item, depth + 1) for item in value]
+    return value if type(value) in _IMMUTABLE else copy.deepcopy(value)
 
 
 def _message_content(request: dict) -> list:

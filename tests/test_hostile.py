@@ -160,3 +160,27 @@ def test_nothing_invalid_is_enqueued(redis_url):
     for job in store.iter_batch_jobs("hostile"):
         assert job["custom_id"].startswith("ok-")
         validate_request(store.request(job["job_id"]), FAST)
+
+
+def test_a_file_is_read_once_and_nothing_is_enqueued_when_a_line_is_invalid(
+    redis_url, tmp_path, opened
+):
+    """Valid lines wait in a spool until the whole file is known valid: the file is opened
+    once, and a bad last line leaves Redis empty; without it, every job is enqueued once."""
+    good = [json.dumps({"custom_id": f"ok-{i}", "body": VALID}) for i in range(1200)]
+    path = tmp_path / "batch.jsonl"
+    path.write_text("\n".join([*good, '{"custom_id": "bad", "body": {}}']) + "\n")
+    store = JobStore.from_url(redis_url)
+    sent: list = []
+    report = submit_file(store, sent.extend, path, batch_id="spooled", options=FAST)
+    assert not report.submitted and [bad.line for bad in report.invalid] == [1201]
+    assert (report.valid, report.enqueued, sent, store.redis.dbsize()) == (1200, 0, [], 0)
+    assert len(opened) == 1 and opened[0].closed
+
+    path.write_text("\n".join(good) + "\n")
+    report = submit_file(store, sent.extend, path, batch_id="spooled", options=FAST)
+    assert report.submitted and report.enqueued == len(sent) == 1200
+    assert sent == [(f"spooled:ok-{i}", 0) for i in range(1200)]
+    assert len(opened) == 2
+    for job in store.iter_batch_jobs("spooled"):
+        assert validate_request(store.request(job["job_id"]), FAST) == VALID

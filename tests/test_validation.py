@@ -370,3 +370,14 @@ def test_any_json_body_gives_a_result_or_a_known_code(body: object) -> None:
     with pytest.raises(ValidationError) as caught:
         validate_request(body)
     assert caught.value.code in errors.MESSAGES
+
+
+def test_absurd_nesting_is_refused_before_it_is_copied() -> None:
+    nested: object = "x"
+    for _ in range(100_000):
+        nested = [{"a": nested}]
+    body = request(future_option=nested)
+    with pytest.raises(ValidationError) as refused:
+        validate_request(body)
+    assert refused.value.code == errors.FIELD_TYPE
+    assert "nested deeper than 32 levels" in str(refused.value)

@@ -1,4 +1,5 @@
-"""``python -m ops.bench [--quick] [--tiny] [--json PATH] [--md PATH] [--data-dir DIR]``
+"""``python -m ops.bench [--quick] [--tiny] [--only submission] [--json PATH] [--md PATH]
+[--data-dir DIR]``
 
 Starts redis-server, the simulator and Celery workers (ops.localstack), runs every phase
 one after the other on 127.0.0.1, and writes one report: every figure beside its target.
@@ -6,6 +7,9 @@ one after the other on 127.0.0.1, and writes one report: every figure beside its
     full   100,000 lines submitted, L = 10 s, C = 200, 1/2/4 workers, 10,000 held in flight
     quick  5,000 lines, L = 2 s, C = 200, 1/2 workers, 500 held in flight
     tiny   300 lines, L = 0.5 s, C = 50, 1 worker, 100 held in flight (the smoke test's)
+
+``--only submission`` runs the first phase alone (no worker starts) and reports its figures:
+submission rate, its ratio to the Redis ceiling and Redis memory per queued job.
 
 The Markdown goes to stdout as well; progress goes to stderr.
 """
@@ -34,7 +38,10 @@ def say(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def run(params: Params, data_dir: Path) -> dict[str, Any]:
+PHASES = ("submission",)  # the phases --only can pick
+
+
+def run(params: Params, data_dir: Path, only: str | None = None) -> dict[str, Any]:
     started = time.monotonic()
     with Bench(params, data_dir) as bench:
         bench.start()
@@ -42,6 +49,11 @@ def run(params: Params, data_dir: Path) -> dict[str, Any]:
         say(f"submission of {params.submit_lines:,} lines, then the Redis ceiling")
         sub = submission.run(bench)
         say(f"  {sub.jobs_per_s:,.0f} jobs/s, ceiling {sub.ceiling_jobs_per_s:,.0f} jobs/s")
+        if only == "submission":
+            results = report.Results(
+                params, sub, [], None, None, _environment(bench), [], time.monotonic() - started
+            )
+            return report.build(results)
         runs = []
         for workers in params.scaling_workers:
             say(f"completion: {params.completion_jobs:,} jobs, {workers} worker process(es)")
@@ -124,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--tiny", action="store_true", help="well under a minute (with or without --quick)"
     )
+    parser.add_argument(
+        "--only", choices=PHASES, help="run this phase alone and report only its figures"
+    )
     parser.add_argument("--json", metavar="PATH", help="write the report as JSON here")
     parser.add_argument("--md", metavar="PATH", help="write the report as Markdown here")
     parser.add_argument(
@@ -135,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="wanq-bench-"))
     )
     try:
-        result = run(params, data_dir)
+        result = run(params, data_dir, args.only)
     except Exception:
         say(f"failed; logs kept in {data_dir / 'logs'}")
         raise

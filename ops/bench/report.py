@@ -69,14 +69,20 @@ def check(value: float, op: str, threshold: float, note: str = "") -> tuple[str,
 
 @dataclass
 class Results:
+    """What the phases measured; with ``--only submission`` the later phases are None."""
+
     params: Params
     submit: SubmitResult
     runs: list[RunResult]  # one per worker count; the first is the main run
-    naive: NaiveResult
-    held: InFlightResult
+    naive: NaiveResult | None
+    held: InFlightResult | None
     environment: dict[str, Any]
     notes: list[str]
     seconds: float
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.runs) and self.naive is not None and self.held is not None
 
 
 def figure(
@@ -95,18 +101,20 @@ def figure(
 
 
 def figures(res: Results) -> list[Figure]:
+    if not res.complete:  # --only submission
+        return [*_submission(res.submit), _queued_memory(res.submit)]
     return [
-        *_submission(res),
+        *_submission(res.submit),
         *_completion(res),
         *_polling(res),
+        _queued_memory(res.submit),
         *_cost(res),
         _scaling(res),
     ]
 
 
-def _submission(res: Results) -> list[Figure]:
-    sub = res.submit
-    twice, rest = 2 * sub.validate_s, sub.seconds - 2 * sub.validate_s
+def _submission(sub: SubmitResult) -> list[Figure]:
+    rest = sub.seconds - sub.validate_s
     bench_rates = ", ".join(f"{k} {v:,.0f}" for k, v in sub.redis_benchmark.items()) or "n/a"
     return [
         figure(
@@ -116,10 +124,12 @@ def _submission(res: Results) -> list[Figure]:
             "jobs/s",
             (">=", 5000),
             f"the producer, one Python thread busy {sub.cpu_s / sub.seconds:.0%} of the time: "
-            f"{twice:.2f} of its {sub.seconds:.2f} s validate the file twice (a whole pass "
-            f"before anything is enqueued, then again while enqueuing); the other {rest:.2f} s "
-            "are the enqueue scripts and Celery publishing one message per job (a round trip "
-            "each, plus a task-sent event)",
+            f"about {sub.validate_s:.2f} of its {sub.seconds:.2f} s read and validate the file "
+            f"(once: the valid jobs are spooled until the whole file is known valid); the "
+            f"other {rest:.2f} s render Celery's task messages and task-sent events (from a "
+            "template checked against as_task_v2 and kombu's envelope) and wait for Redis: one "
+            "enqueue script per 100 jobs, one LPUSH of the messages and one PUBLISH of the "
+            "events per 500",
             f"{sub.enqueued:,} of {sub.lines:,} lines in {sub.seconds:.2f} s "
             f"({sub.cpu_s:.2f} s CPU); one validation pass alone {sub.validate_s:.2f} s",
         ),
@@ -129,9 +139,11 @@ def _submission(res: Results) -> list[Figure]:
             sub.jobs_per_s / sub.ceiling_jobs_per_s,
             "ratio",
             (">=", 1 / 3, "1/3 of the ceiling"),
-            "the ceiling writes the same keys per job (hash, payload, list entry, counters, "
-            f"zset entry, a {sub.message_bytes} B message) in pipelines of 500 from Python; "
-            "submission adds validation, Lua and Celery's per-message publishing",
+            "the ceiling writes the same keys per job (hash, payload, list entry, zset entry, "
+            f"counters, a {sub.message_bytes} B message) from Python in submission's command "
+            "shape (per job HSET, SET; per 500 jobs one RPUSH, ZADD, the counters and one "
+            "LPUSH of the messages), without task-sent events; submission adds validation, "
+            "building the messages and the Lua scripts",
             f"ceiling {sub.ceiling_jobs_per_s:,.0f} jobs/s ({sub.ceiling_seconds:.2f} s for "
             f"{sub.lines:,} jobs); redis-benchmark -P 50, commands/s: {bench_rates}",
         ),
@@ -140,6 +152,7 @@ def _submission(res: Results) -> list[Figure]:
 
 def _completion(res: Results) -> list[Figure]:
     p, main, naive = res.params, res.runs[0], res.naive
+    assert naive is not None
     cap_held = main.peak_in_flight <= p.cap
     sl = main.slots
     busy = main.worker_cpu_s / main.makespan_s / main.workers  # of one core, per process
@@ -236,25 +249,29 @@ def _polling(res: Results) -> list[Figure]:
     ]
 
 
+def _queued_memory(sub: SubmitResult) -> Figure:
+    return figure(
+        "redis_bytes_per_queued_job",
+        "Redis memory per queued job, payload excluded",
+        sub.redis_bytes_per_job,
+        "bytes",
+        ("<", 2048),
+        f"the Celery create message ({sub.message_bytes} B of JSON with headers) is most of "
+        "it; the job hash, the batch list entry and the queued-zset entry the rest",
+        f"INFO used_memory +{sub.used_memory_delta:,} B for {sub.enqueued:,} jobs, minus "
+        f"the payloads' MEMORY USAGE ({sub.payload_bytes_per_job:.0f} B per job)",
+    )
+
+
 def _cost(res: Results) -> list[Figure]:
-    sub, main, held = res.submit, res.runs[0], res.held
+    main, held = res.runs[0], res.held
+    assert held is not None
     tasks = ", ".join(
         f"{name.removeprefix('wanq.')} {n / max(1, main.ended):.2f}"
         for name, n in main.tasks.items()
     )
     needed = held.reached / 20.0  # a held job polls at least every 20 s (poll_max_interval)
     return [
-        figure(
-            "redis_bytes_per_queued_job",
-            "Redis memory per queued job, payload excluded",
-            sub.redis_bytes_per_job,
-            "bytes",
-            ("<", 2048),
-            f"the Celery create message ({sub.message_bytes} B of JSON with headers) is most of "
-            "it; the job hash, the batch list entry and the queued-zset entry the rest",
-            f"INFO used_memory +{sub.used_memory_delta:,} B for {sub.enqueued:,} jobs, minus "
-            f"the payloads' MEMORY USAGE ({sub.payload_bytes_per_job:.0f} B per job)",
-        ),
         figure(
             "redis_bytes_per_job_in_flight",
             "Redis memory per job in flight, payload excluded",
@@ -329,35 +346,43 @@ def _scaling(res: Results) -> Figure:
 
 def build(res: Results) -> dict[str, Any]:
     figs = figures(res)
+    measurements: dict[str, Any] = {"submission": dataclasses.asdict(res.submit)}
+    if res.complete:
+        measurements |= _later_phases(res)
     return {
         "figures": {f.key: f.as_dict() for f in figs},
         "parameters": res.params.as_dict(),
-        "measurements": {
-            "submission": dataclasses.asdict(res.submit),
-            "completion": [
-                {
-                    **dataclasses.asdict(r),
-                    "vs_limit": r.vs_limit,
-                    "cpu_s_per_1000": r.cpu_s_per_1000,
-                }
-                for r in res.runs
-            ],
-            "naive": dataclasses.asdict(res.naive),
-            "in_flight": {
-                **dataclasses.asdict(res.held),
-                "rss_per_job_kb": res.held.rss_per_job_kb,
-            },
-        },
+        "measurements": measurements,
         "environment": res.environment,
         "notes": res.notes,
         "seconds": round(res.seconds, 1),
     }
 
 
+def _later_phases(res: Results) -> dict[str, Any]:
+    assert res.naive is not None and res.held is not None
+    return {
+        "completion": [
+            {
+                **dataclasses.asdict(r),
+                "vs_limit": r.vs_limit,
+                "cpu_s_per_1000": r.cpu_s_per_1000,
+            }
+            for r in res.runs
+        ],
+        "naive": dataclasses.asdict(res.naive),
+        "in_flight": {
+            **dataclasses.asdict(res.held),
+            "rss_per_job_kb": res.held.rss_per_job_kb,
+        },
+    }
+
+
 def markdown(report: dict[str, Any]) -> str:
     p, figs = report["parameters"], report["figures"]
+    only = "" if "completion" in report["measurements"] else ", submission phase only"
     lines = [
-        f"# wanq benchmark ({p['size']})",
+        f"# wanq benchmark ({p['size']}{only})",
         "",
         f"L = {_num(p['latency'])} s (+-25 % jitter), C = {p['cap']} "
         f"(WANQ_MAX_IN_FLIGHT), C/L = {p['limit_jobs_per_s']:.1f} jobs/s, "

@@ -1,17 +1,30 @@
--- Enqueue a job unless it exists: jobs are keyed by (batch, custom_id), so resubmission adds nothing.
--- KEYS[1] job hash   KEYS[2] payload string   KEYS[3] batch hash   KEYS[4] batch job list
--- KEYS[5] queued zset
--- ARGV[1] job_id   ARGV[2] batch_id   ARGV[3] custom_id   ARGV[4] request JSON   ARGV[5] now
--- ARGV[6] line number in the batch file
--- Returns 1 when enqueued, 0 when the job already existed.
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return 0
+-- Enqueue jobs of one batch unless they exist: jobs are keyed by (batch, custom_id), so
+-- resubmission adds nothing.
+-- KEYS[1] batch hash   KEYS[2] batch job list   KEYS[3] queued zset
+-- KEYS[2 + 2i] job hash and KEYS[3 + 2i] payload string of the i-th job (i = 1..n)
+-- ARGV[1] batch_id   ARGV[2] now
+-- ARGV[4i - 1 .. 4i + 2] the i-th job: job_id, custom_id, request JSON, line in the batch file
+-- Returns one flag per job: 1 when enqueued, 0 when it already existed. The new jobs join
+-- the batch list and the queued zset in order, and the batch counters once.
+local created, ids, scored = {}, {}, {}
+for i = 1, (#KEYS - 3) / 2 do
+  local job, a = KEYS[2 + 2 * i], 4 * i - 1
+  if redis.call('EXISTS', job) == 1 then
+    created[i] = 0
+  else
+    redis.call('HSET', job, 'batch', ARGV[1], 'custom_id', ARGV[a + 1], 'state', 'queued',
+      'seq', 0, 'attempts', 0, 'polls', 0, 'submitted_at', ARGV[2], 'line', ARGV[a + 3])
+    redis.call('SET', KEYS[3 + 2 * i], ARGV[a + 2])
+    created[i] = 1
+    ids[#ids + 1] = ARGV[a]
+    scored[#scored + 1] = ARGV[2]
+    scored[#scored + 1] = ARGV[a]
+  end
 end
-redis.call('HSET', KEYS[1], 'batch', ARGV[2], 'custom_id', ARGV[3], 'state', 'queued',
-  'seq', 0, 'attempts', 0, 'polls', 0, 'submitted_at', ARGV[5], 'line', ARGV[6])
-redis.call('SET', KEYS[2], ARGV[4])
-redis.call('RPUSH', KEYS[4], ARGV[1])
-redis.call('HINCRBY', KEYS[3], 'total', 1)
-redis.call('HINCRBY', KEYS[3], 'n:queued', 1)
-redis.call('ZADD', KEYS[5], ARGV[5], ARGV[1])
-return 1
+if #ids > 0 then
+  redis.call('RPUSH', KEYS[2], unpack(ids))
+  redis.call('ZADD', KEYS[3], unpack(scored))
+  redis.call('HINCRBY', KEYS[1], 'total', #ids)
+  redis.call('HINCRBY', KEYS[1], 'n:queued', #ids)
+end
+return created

@@ -1,0 +1,106 @@
+"""Bulk publishing writes the messages ``app.send_task`` writes, and Celery's task-sent
+events for them, grouped as Celery groups them; the workers' side is test_pipeline's."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import uuid
+
+import redis
+
+from producers.publish import _Template, task_publisher, uuid4s
+from workers import keys
+from workers.app import app
+
+PER_MESSAGE = {"id", "root_id", "correlation_id", "delivery_tag"}  # fresh for each message
+
+
+def _normalized(raw: str) -> dict:
+    message = json.loads(raw)
+    message["body"] = json.loads(base64.b64decode(message["body"]))
+    for part in ("headers", "properties"):
+        for name in PER_MESSAGE & set(message[part]):
+            message[part][name] = "<unique>"
+    return message
+
+
+def test_bulk_messages_are_those_send_task_writes(redis_url):
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    with app.connection_for_write(redis_url) as connection:
+        app.send_task("wanq.create", args=("b1:job-1", 0), producer=app.amqp.Producer(connection))
+    with task_publisher(app, client, redis_url) as publisher:
+        assert publisher.publish("wanq.create", [("b1:job-2", 0), ("b1:job-3", 4)]) == 2
+        publisher.publish("wanq.deliver", [("b1:job-2",)])
+    one, two, three = (client.lindex(keys.CREATE_QUEUE, i) for i in (2, 1, 0))
+    expected = _normalized(one)
+    expected["body"][0] = ["b1:job-2", 0]
+    expected["headers"]["argsrepr"] = "('b1:job-2', 0)"
+    assert _normalized(two) == expected
+    assert _normalized(three)["body"][0] == ["b1:job-3", 4]
+    assert _normalized(three)["headers"]["argsrepr"] == "('b1:job-3', 4)"
+    headers = [json.loads(m)["headers"] for m in (two, three)]
+    assert headers[0]["id"] != headers[1]["id"]
+    deliver = _normalized(client.lindex(keys.DELIVER_QUEUE, 0))
+    assert deliver["headers"]["task"] == "wanq.deliver"
+    assert deliver["properties"]["delivery_info"]["routing_key"] == keys.DELIVER_QUEUE
+
+
+def test_task_sent_events_reach_an_event_receiver(redis_url):
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    received: list[dict] = []
+    with app.connection_for_read(redis_url) as connection:
+        receiver = app.events.Receiver(connection, handlers={"task-sent": received.append})
+        capture = receiver.itercapture(limit=None, timeout=0.5, wakeup=False)
+        next(capture)  # subscribed
+        with task_publisher(app, client, redis_url) as publisher:
+            publisher.publish("wanq.create", [(f"b1:job-{n}", 0) for n in range(3)])
+        with contextlib.suppress(TimeoutError, StopIteration):  # drained until quiet
+            next(capture)
+    assert [event["args"] for event in received] == [f"('b1:job-{n}', 0)" for n in range(3)]
+    ids = {json.loads(m)["headers"]["id"] for m in client.lrange(keys.CREATE_QUEUE, 0, -1)}
+    assert {event["uuid"] for event in received} == ids
+    assert {event["queue"] for event in received} == {keys.CREATE_QUEUE}
+
+
+ODD_ARGS = [
+    ("b1:plain", 0),
+    ("b1:quotes \"'\\ and \t tabs\n", 7),
+    ("b1:é ✓ 汉字 \u2028", 1),
+    ("b1:" + "x" * 3000, 2),  # argsrepr is cut at Celery's argsrepr_maxsize
+    ("batch:b1",),
+]
+
+
+def test_the_template_renders_what_message_builds(redis_url):
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    with task_publisher(app, client, redis_url) as publisher:
+        for name in ("wanq.create", "wanq.deliver"):
+            route = publisher._route(name)
+            template = _Template(publisher, name, route)
+            assert template.faithful()
+            assert isinstance(publisher._renderer(name, route).__self__, _Template)
+            for args in ODD_ARGS:
+                rendered, event = template.render(args, "tid", "tag")
+                built, built_event = publisher.message(name, args, "tid", "tag", route=route)
+                assert json.loads(rendered) == json.loads(built), args
+                assert event == built_event
+
+
+def test_without_a_faithful_template_messages_are_built_one_by_one(redis_url, monkeypatch):
+    monkeypatch.setattr(_Template, "faithful", lambda self: False)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    with task_publisher(app, client, redis_url) as publisher:
+        publisher.publish("wanq.create", [("b1:job-1", 0)])
+    message = _normalized(client.lindex(keys.CREATE_QUEUE, 0))
+    assert message["body"][0] == ["b1:job-1", 0]
+    assert message["headers"]["argsrepr"] == "('b1:job-1', 0)"
+
+
+def test_uuid4s_are_random_version_4_uuids():
+    made = uuid4s(1000)
+    assert len(set(made)) == 1000
+    for text in made:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122
