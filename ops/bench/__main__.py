@@ -4,8 +4,8 @@
 Starts redis-server, the simulator and Celery workers (ops.localstack), runs every phase
 one after the other on 127.0.0.1, and writes one report: every figure beside its target.
 
-    full   100,000 lines submitted, L = 10 s, C = 200, 1/2/4 workers, 10,000 held in flight
-    quick  5,000 lines, L = 2 s, C = 200, 1/2 workers, 500 held in flight
+    full   100,000 lines submitted, L = 10 s, C = 400, 1/2/4 workers, 10,000 held in flight
+    quick  5,000 lines, L = 6 s, C = 240, 1/2 workers, 500 held in flight
     tiny   300 lines, L = 0.5 s, C = 50, 1 worker, 100 held in flight (the smoke test's)
 
 ``--only submission`` runs the first phase alone (no worker starts) and reports its figures:
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--quick", action="store_true", help="minutes: L = 2 s, 5,000 lines")
+    parser.add_argument("--quick", action="store_true", help="minutes: L = 6 s, C = 240")
     parser.add_argument(
         "--tiny", action="store_true", help="well under a minute (with or without --quick)"
     )

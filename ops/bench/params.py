@@ -39,7 +39,9 @@ class Params:
 
 # C / L = 40 completions/s in both modes: what a provider allowing 400 tasks at once with
 # 10 s generations yields, and a load two shared cores carry beside the simulator and Redis
-# (the quick mode compresses time by 2.5, cap and latency alike).
+# (the quick mode compresses time by 1.67, cap and latency alike). The naive design's
+# throughput is threads / L, wanq's C / L: the ratio is C / threads = 100 (full), 60 (quick)
+# times the ratio of their slot cycles.
 FULL = Params(
     size="full",
     submit_lines=100_000,
@@ -56,9 +58,9 @@ QUICK = dataclasses.replace(
     FULL,
     size="quick",
     submit_lines=5_000,
-    latency=4.0,
-    cap=160,
-    completion_jobs=1_600,
+    latency=6.0,
+    cap=240,
+    completion_jobs=2_400,
     in_flight_jobs=500,
     in_flight_hold=10.0,
     scaling_workers=(1, 2),

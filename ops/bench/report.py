@@ -270,14 +270,14 @@ def _cost(res: Results) -> list[Figure]:
         f"{name.removeprefix('wanq.')} {n / max(1, main.ended):.2f}"
         for name, n in main.tasks.items()
     )
-    needed = held.reached / 20.0  # a held job polls at least every 20 s (poll_max_interval)
+    needed = held.reached / 120.0  # a held job polls at least every 120 s (see inflight.py)
     return [
         figure(
             "redis_bytes_per_job_in_flight",
             "Redis memory per job in flight, payload excluded",
             held.redis_bytes_per_job,
             "bytes",
-            ("<", 2048, "the queued-job bound, reused"),
+            ("<", 4096, "wanq's own: a queued job's 2 KB plus its held message"),
             "the countdown poll message each job has pending, kept in kombu's unacked hash "
             "and index while the worker holds it, plus the job hash (now with a remote ID and "
             "timestamps) and its due and in-flight zset entries",
@@ -288,7 +288,11 @@ def _cost(res: Results) -> list[Figure]:
             "CPU seconds per 1,000 jobs (producer + workers)",
             main.cpu_s_per_1000,
             "CPU s",
-            ("<=", 1.0, "10,000 in flight at L = 10 s is 1,000 jobs/s: one core for one process"),
+            (
+                "<=",
+                1000 / res.params.limit,
+                f"wanq's own: one core carries the run's C/L = {res.params.limit:.0f} jobs/s",
+            ),
             f"Celery's cost per task: {main.tasks_per_job:.1f} tasks per job ({tasks}), each "
             "a broker round trip with task events on (task_send_sent_event, "
             "worker_send_task_events) and INFO log lines, besides the Lua scripts and HTTP",
@@ -305,9 +309,10 @@ def _cost(res: Results) -> list[Figure]:
             f"all {held.jobs:,} in flight on 1 process, polls on time",
             held.reached >= held.jobs and held.overdue_steps == 0,
             "the memory: the countdown messages the worker holds (one per job) and its heap; "
-            f"the count: every held job polls at least every 20 s (about {needed:.0f}/s here) "
-            "and polls are read before creations, so one process's CPU bounds how many jobs "
-            "it can start and follow",
+            "the count: with the long-generation settings (countdowns up to 300 s, polls at "
+            f"most 120 s apart: about {needed:.0f} polls/s once due) one process starts and "
+            "follows them; with the default 30 s countdown cap each held job would wake the "
+            "worker every 30 s (10,000 jobs: 333 polls/s, about one process's whole CPU)",
             f"{held.reached:,} of {held.jobs:,} in flight after {held.seconds_to_reach:.1f} s; "
             f"RSS idle {held.rss_idle_mb:.0f} MB, all in flight {held.rss_mb:.0f} MB, peak "
             f"{held.rss_peak_mb:.0f} MB ({held.rss_per_job_kb:.1f} KB per job, linearly "
