@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 from pathlib import Path
 
 import click
-from rich.console import Console
 
+from producers import cli_cluster
 from producers.batchfile import BatchLine
+from producers.terminal import console, out
 from producers.validation import ValidationOptions
 from workers import config
 from workers.errors import message_for
-
-console = Console(stderr=True, soft_wrap=True)
-if not console.is_terminal:  # logs and CI: room for the progress line's counts
-    console = Console(stderr=True, soft_wrap=True, width=160)
-out = Console(soft_wrap=True)
 
 EXIT_INVALID = 1
 EXIT_UNREADABLE = 2
@@ -356,18 +351,18 @@ def run(
     from ops.localstack import LocalStack
 
     for signum in (signal.SIGTERM, signal.SIGHUP):  # stop what we started, as on Ctrl-C
-        signal.signal(signum, _exit_on_signal)
+        signal.signal(signum, cli_cluster.exit_on_signal)
     from producers.api import write_results
     from producers.progress import Stopwatch, summary_table, watch
 
     settings = config.load()
     stack = LocalStack(settings.data_path)
     try:
-        settings = _local_parts(stack, settings, sim, workers)
+        settings = cli_cluster.local_parts(stack, settings, sim, workers)
         client = _client(settings)
         clock = Stopwatch()
         report = _submit(client, file, batch_id, allow_invalid, False)
-        _print_flower(stack)
+        cli_cluster.print_flower(stack)
         final = watch(client, report.batch_id, console, timeout=timeout)
         target = Path(path or settings.data_path / "results" / f"{report.batch_id}.jsonl")
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -383,163 +378,8 @@ def run(
             stack.stop()
 
 
-def _exit_on_signal(signum: int, _frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
-def _wants_sim(settings: config.Settings, sim: bool | None) -> bool:
-    """The simulator by default only on the embedded path: no Redis and no provider set."""
-    if sim is not None:
-        return sim
-    return not settings.redis_url and settings.provider_url == config.Settings.provider_url
-
-
-def _local_parts(stack, settings: config.Settings, sim: bool | None, workers: int):
-    """Start what ``wanq run`` needs and is missing, or use what ``wanq up`` left running."""
-    from ops.localstack import running_stack
-
-    want_sim = _wants_sim(settings, sim)
-    up = None if settings.redis_url else running_stack(settings.data_path)
-    if up:
-        console.print(
-            f"using the stack `wanq up` started: Redis at {config.safe_url(up['redis_url'])}"
-        )
-        stack.env["WANQ_REDIS_URL"] = up["redis_url"]
-        if up["provider_url"] and want_sim:
-            stack.env["WANQ_PROVIDER_URL"] = up["provider_url"]
-            want_sim = False
-        stack.flower_url = up["flower_url"]
-    local = not settings.redis_url and not up
-    if local:
-        stack.start_redis()
-        console.print(f"started redis-server (AOF on) at {stack.redis_url}")
-    if want_sim:
-        stack.start_simulator()
-        console.print(f"started the provider simulator at {stack.provider_url}")
-    os.environ.update({k: v for k, v in stack.env.items() if k.startswith("WANQ_")})
-    if local:
-        stack.start_flower()
-        for i in range(workers):
-            stack.start_worker(f"wanq{i + 1}")
-        console.print(f"started {workers} workers; logs in {settings.data_path / 'logs'}")
-    return config.load()
-
-
-def _print_flower(stack) -> None:
-    """Flower's URL once it answers (it starts beside the workers, so the batch is not kept
-    waiting for it)."""
-    from ops.localstack import StackError
-
-    if not stack.flower_url:
-        return
-    try:
-        url = stack.wait_flower()
-    except StackError:
-        console.print(f"[yellow]Flower did not answer; see {stack.data_dir / 'logs'}[/]")
-        return
-    console.print(f"watch the queues in Flower: [bold]{url}[/]")
-
-
-@main.command()
-@click.option("--workers", default=2, show_default=True, help="Worker processes to start.")
-@click.option(
-    "--sim", is_flag=True, help="Start the provider simulator on WANQ_PROVIDER_URL's port."
-)
-@click.option("--redis-port", default=6379, show_default=True, type=int)
-@click.option("--flower-port", default=5555, show_default=True, type=int)
-def up(workers: int, sim: bool, redis_port: int, flower_port: int) -> None:
-    """Start a local cluster that stays up: Redis (AOF), workers, Flower, maybe the simulator.
-
-    Pid files and logs go under the data directory (WANQ_DATA_DIR, ~/.wanq); `wanq down`
-    stops it. Without WANQ_REDIS_URL, Redis listens on 127.0.0.1:REDIS_PORT."""
-    from urllib.parse import urlsplit
-
-    from ops.localstack import LocalStack, StackError, running_stack
-
-    settings = config.load()
-    if running_stack(settings.data_path):
-        raise click.ClickException(f"a stack is already up under {settings.data_path}: wanq down")
-    stack = LocalStack(settings.data_path, detached=True)
-    try:
-        if settings.redis_url:
-            stack.redis_url = settings.redis_url
-        else:
-            stack.start_redis(port=redis_port)
-        if sim:
-            stack.start_simulator(port=urlsplit(settings.provider_url).port or 8765)
-        stack.start_flower(port=flower_port, persistent=True)
-        for i in range(workers):
-            stack.start_worker(f"wanq{i + 1}")
-        stack.wait_flower()
-    except StackError as exc:
-        stack.stop()
-        raise click.ClickException(str(exc)) from exc
-    stack.record()
-    out.print(f"redis     {config.safe_url(stack.redis_url)}  (data in {stack.data_dir / 'redis'})")
-    if sim:
-        out.print(f"simulator {stack.provider_url}")
-    out.print(f"workers   {workers}  (logs in {stack.data_dir / 'logs'})")
-    out.print(f"Flower    [bold]{stack.flower_url}[/]")
-    if not settings.redis_url and redis_port != 6379:
-        out.print(f"set WANQ_REDIS_URL={stack.redis_url} for other wanq commands")
-    out.print("stop it with: wanq down")
-
-
-@main.command()
-def down() -> None:
-    """Stop the stack `wanq up` started (workers finish their current tasks; nothing is lost)."""
-    from ops.localstack import stop_recorded
-
-    stopped = stop_recorded(config.load().data_path)
-    out.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
-
-
-@main.command()
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per check.")
-@click.option(
-    "--worker-timeout", default=3.0, show_default=True, help="Seconds to wait for workers."
-)
-def doctor(as_json: bool, worker_timeout: float) -> None:
-    """Check the configuration, Redis (reachable, persistent, no eviction), the workers on
-    every queue and the provider (reachable, key accepted). Exit 1 if anything fails."""
-    from ops import doctor as checks
-
-    marks = {
-        checks.OK: "[green]ok  [/]",
-        checks.WARN: "[yellow]warn[/]",
-        checks.FAIL: "[red]FAIL[/]",
-    }
-    results = checks.run(worker_timeout=worker_timeout)
-    for check in results:
-        if as_json:
-            click.echo(json.dumps(check.__dict__))
-        else:
-            out.print(f"{marks[check.verdict]} {check.name:<18} {check.detail}")
-    if any(check.verdict == checks.FAIL for check in results):
-        sys.exit(1)
-
-
-@main.command()
-@click.option("--port", default=9808, show_default=True, type=int)
-@click.option("--addr", default="127.0.0.1", show_default=True, help="0.0.0.0 in a container.")
-def metrics(port: int, addr: str) -> None:
-    """Serve Prometheus metrics of the jobs on /metrics (states, cost, failures, in flight)."""
-    import logging
-
-    from workers import metrics as job_metrics
-
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    job_metrics.serve(config.load(), port, addr)
-
-
-@main.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8765, show_default=True, type=int)
-def sim(host: str, port: int) -> None:
-    """Run the provider simulator (settings from WANQ_SIM_* variables)."""
-    from ops import simulator
-
-    simulator.serve(host=host, port=port, config=simulator.config_from_env(os.environ))
+for _command in cli_cluster.COMMANDS:
+    main.add_command(_command)
 
 
 if __name__ == "__main__":
