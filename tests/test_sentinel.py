@@ -93,6 +93,21 @@ def test_the_sentinel_url_parses_into_kombus_form_with_options_aside():
         connection.parse_sentinel("sentinel://s1:26379/0;redis://h:6379/0")
 
 
+def test_the_redis_sentinel_form_means_the_same():
+    one = "redis+sentinel://:p%40ss@s1:26379,s2:26380,s3/jobs/2?sentinel_password=sp"
+    kombu_form = (
+        "sentinel://:p%40ss@s1:26379/2;sentinel://s2:26380;sentinel://s3"
+        "?master_name=jobs&sentinel_password=sp"
+    )
+    assert connection.parse_sentinel(one) == connection.parse_sentinel(kombu_form)
+    assert connection.broker(one) == connection.broker(kombu_form)
+    assert connection.parse_sentinel("redis+sentinel://h/mymaster").db == 0
+    with pytest.raises(ValueError, match="MASTER_NAME"):
+        connection.parse_sentinel("redis+sentinel://h:26379")
+    with pytest.raises(ValueError, match="sentinel address"):
+        connection.parse_sentinel("redis+sentinel://h:port/m")
+
+
 def test_one_sentinel_url_serves_broker_and_store(sentinel_cluster):
     cluster = sentinel_cluster(workers=2)
     report = cluster.submit(jobs(8))

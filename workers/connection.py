@@ -5,6 +5,10 @@ is kombu's own form, one ``sentinel://`` URL per sentinel joined by ``;``::
 
     sentinel://:PASSWORD@s1:26379/0;sentinel://s2:26379;sentinel://s3:26379?master_name=mymaster
 
+or, the same in the one-URL form other Redis clients use::
+
+    redis+sentinel://:PASSWORD@s1:26379,s2:26379,s3:26379/mymaster/0
+
 The first URL's user, password and database are the Redis master's, as kombu reads them.
 Two query keys, on any of the URLs, are wanq's: ``master_name`` (the service the sentinels
 monitor, default ``mymaster``) and ``sentinel_password`` (the sentinels' own ``requirepass``,
@@ -76,6 +80,8 @@ class SentinelURL:
 
 def parse_sentinel(url: str) -> SentinelURL | None:
     """The Sentinel setup a URL names, or None for a plain ``redis://``/``rediss://`` URL."""
+    if url.startswith("redis+sentinel://"):
+        return _parse_redis_sentinel(url)
     parts = [part.strip() for part in url.split(";") if part.strip()]
     if not parts or not parts[0].startswith("sentinel://"):
         return None
@@ -103,6 +109,34 @@ def parse_sentinel(url: str) -> SentinelURL | None:
         db=int(db),
         username=unquote(first.username or ""),
         password=unquote(first.password or ""),
+        sentinel_password=options.get("sentinel_password", ""),
+    )
+
+
+def _parse_redis_sentinel(url: str) -> SentinelURL:
+    """The one-URL form other Redis clients use:
+    ``redis+sentinel://[:PASSWORD@]h1:26379,h2:26379/MASTER[/DB][?sentinel_password=...]``."""
+    split = urlsplit(url)
+    auth, _, hosts = split.netloc.rpartition("@")
+    user, _, password = auth.partition(":")
+    sentinels = []
+    for host in hosts.split(","):
+        name, _, port = host.strip().rpartition(":") if ":" in host else (host.strip(), "", "")
+        if not name or (port and not port.isdigit()):
+            raise ValueError(f"WANQ_REDIS_URL: cannot read the sentinel address {host!r}")
+        sentinels.append((name, int(port) if port else SENTINEL_PORT))
+    path = [segment for segment in split.path.split("/") if segment]
+    if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+        raise ValueError("WANQ_REDIS_URL: redis+sentinel:// URLs end in /MASTER_NAME[/DB]")
+    options = dict(parse_qsl(split.query))
+    if set(options) - {"sentinel_password"}:
+        raise ValueError("WANQ_REDIS_URL: redis+sentinel:// reads only sentinel_password")
+    return SentinelURL(
+        sentinels=tuple(sentinels),
+        master_name=path[0],
+        db=int(path[1]) if len(path) == 2 else 0,
+        username=unquote(user),
+        password=unquote(password),
         sentinel_password=options.get("sentinel_password", ""),
     )
 
