@@ -345,8 +345,8 @@ def running_stack(data_dir: Path) -> dict | None:
         state = json.loads((data_dir / "run" / "stack.json").read_text())
     except (OSError, ValueError):
         return None
-    alive = [p for p in state.get("processes", []) if _alive(int(p["pid"]))]
-    return {**state, "processes": alive} if alive else None
+    living = [p for p in state.get("processes", []) if alive(int(p["pid"]))]
+    return {**state, "processes": living} if living else None
 
 
 def stop_recorded(data_dir: Path, timeout: float = 30.0) -> list[str]:
@@ -360,8 +360,8 @@ def stop_recorded(data_dir: Path, timeout: float = 30.0) -> list[str]:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
         with contextlib.suppress(StackError):
-            wait_for(lambda pid=pid: not _alive(pid), entry["name"], timeout, interval=0.1)
-        if _alive(pid):
+            wait_for(lambda pid=pid: not alive(pid), entry["name"], timeout, interval=0.1)
+        if alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
         stopped.append(entry["name"])
@@ -370,7 +370,7 @@ def stop_recorded(data_dir: Path, timeout: float = 30.0) -> list[str]:
     return stopped
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     """True while the process exists and is not a zombie waiting for its parent."""
     try:
         os.kill(pid, 0)

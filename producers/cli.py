@@ -349,11 +349,11 @@ def run(
 ) -> None:
     """The one-machine path: start what is missing, submit FILE, wait, write the results."""
     from ops.localstack import LocalStack
+    from producers.api import write_results
+    from producers.progress import Stopwatch, summary_table, watch
 
     for signum in (signal.SIGTERM, signal.SIGHUP):  # stop what we started, as on Ctrl-C
         signal.signal(signum, cli_cluster.exit_on_signal)
-    from producers.api import write_results
-    from producers.progress import Stopwatch, summary_table, watch
 
     settings = config.load()
     stack = LocalStack(settings.data_path)

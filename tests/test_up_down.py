@@ -12,17 +12,16 @@ from pathlib import Path
 
 import requests
 
-from ops.localstack import LocalStack, free_port, running_stack, stop_recorded, wait_for
+from ops.localstack import (
+    LocalStack,
+    alive,
+    free_port,
+    running_stack,
+    stop_recorded,
+    wait_for,
+)
 from tests.conftest import SIM_ENV, WORKER_ENV, jobs
 from tests.test_cli import wanq, write_lines
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
 
 
 def test_up_runs_a_batch_and_down_stops_everything(tmp_path):

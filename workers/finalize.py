@@ -118,11 +118,10 @@ def _finish(
         extra=extra,
     )
     announce(ended, job_id, send_task)
-    if ended:
+    if ended:  # once per ended job: its log line and the Prometheus histograms
         outcome = f"{error['code']} {error.get('message', '')}" if error else "completed"
         fields = logs.job_fields(job_id, job.get("remote_task_id", ""))
         log.info("job %s: %s", state, outcome, extra=fields)
-    if ended:  # once per ended job, for the Prometheus histograms (lag, polls per job)
         remote_done = state == State.SUCCEEDED or (error or {}).get("code") == GENERATION_ERROR
         metrics.observe_job_end(store.redis, job, remote_done=remote_done)
     return ended
