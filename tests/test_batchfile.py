@@ -217,14 +217,22 @@ def test_large_file_is_streamed(tmp_path: Path) -> None:
     path = tmp_path / "big.jsonl"
     with path.open("wb") as f:
         f.writelines(generated_lines(20_000))
+    count, first, last = read_streamed(path, "jsonl")
+    assert (first.line, first.custom_id) == (1, "job-0")
+    assert (count, last.line, last.custom_id) == (20_000, 20_000, "job-19999")
+
+
+def read_streamed(path: Path, fmt: str) -> tuple[int, BatchLine, BatchLine]:
+    """Read a big batch file, checking it is streamed: a generator that has read no more
+    than a buffer's worth when the first line comes out, and every line valid. Returns the
+    count, the first and the last line."""
     with path.open("rb") as f:
-        lines = read_batch(f)
+        lines = read_batch(f, fmt=fmt)
         assert isinstance(lines, types.GeneratorType)
         first = next(lines)
-        assert f.tell() < 64 * 1024  # one line consumed, not the file
-        assert (first.line, first.custom_id) == (1, "job-0")
+        assert f.tell() < 64 * 1024  # a line or a buffer consumed, not the file
         count, last = 1, first
         for last in lines:
             assert last.valid
             count += 1
-    assert (count, last.line, last.custom_id) == (20_000, 20_000, "job-19999")
+    return count, first, last

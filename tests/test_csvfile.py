@@ -14,6 +14,7 @@ from PIL import Image
 from producers import batchfile, csvfile
 from producers.batchfile import BatchLine, read_batch
 from producers.validation import ValidationOptions
+from tests.test_batchfile import read_streamed
 from workers import errors
 
 HEADER = (
@@ -368,16 +369,8 @@ def test_large_csv_is_streamed(tmp_path: Path) -> None:
     with path.open("w", encoding="utf-8", newline="") as f:
         f.write("custom_id,prompt,enable_interleave,seed\r\n")
         f.writelines(f'job-{i},"prompt, number {i}",true,{i}\r\n' for i in range(20_000))
-    with path.open("rb") as f:
-        lines = read_batch(f, fmt="csv")
-        assert isinstance(lines, types.GeneratorType)
-        first = next(lines)
-        assert f.tell() < 64 * 1024  # a buffer's worth read, not the file
-        assert (first.line, first.custom_id) == (2, "job-0")
-        count, last = 1, first
-        for last in lines:
-            assert last.valid
-            count += 1
+    count, first, last = read_streamed(path, "csv")
+    assert (first.line, first.custom_id) == (2, "job-0")
     assert (count, last.line, last.custom_id) == (20_000, 20_001, "job-19999")
     assert last.body is not None
     assert last.body["parameters"] == {"enable_interleave": True, "seed": 19_999}
