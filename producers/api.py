@@ -26,6 +26,7 @@ from producers.submit import Source, SubmitReport, submit_file, validate_file
 from producers.validation import ValidationOptions
 from workers import config, connection, deliveries, keys
 from workers.batches import BatchStatus, batch_status
+from workers.celeryconf import sending_app
 from workers.finalize import cancel, public_record
 from workers.store import TERMINAL, JobStore, State
 
@@ -69,7 +70,7 @@ class Wanq:
 
     def __init__(self, settings: config.Settings | None = None) -> None:
         self.settings = settings or config.load()
-        self.store = JobStore.from_url(self.settings.broker_url)
+        self.store = JobStore.from_settings(self.settings)
 
     # --- submitting ----------------------------------------------------------------------
 
@@ -220,8 +221,7 @@ class Wanq:
 
     @contextmanager
     def _publisher(self) -> Iterator[TaskPublisher]:
-        from workers.app import app
-
+        app = sending_app(self.settings)
         # This process may talk to another Redis than its environment names (wanq run, tests).
         url, sentinel_options = connection.broker(self.settings.broker_url)
         with task_publisher(app, self.store.redis, url, sentinel_options) as publisher:

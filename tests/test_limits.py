@@ -86,4 +86,4 @@ def test_tightened_rate_paces_creations(redis_url):
     store.redis.set(keys.PACE_RATE, "2")
     waits = [store.pace(0, horizon=5) for _ in range(3)]
     assert waits[0] == 0.0 and waits[2] == pytest.approx(1.0, abs=0.05)
-    assert store.pace(0, horizon=5, key=keys.POLL_PACE) == 0.0  # polls are not tightened
+    assert store.pace(0, horizon=5, poll=True) == 0.0  # polls are not tightened

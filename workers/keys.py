@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from workers.names import QueueName
+
 PREFIX = "wanq:"
 
 BATCHES = PREFIX + "batches"  # zset batch_id -> submitted at
@@ -18,11 +20,13 @@ SWEEPER_LEASE = PREFIX + "sweeper:lease"  # string: the worker that sweeps now
 CREATE_PACE = PREFIX + "pace:create"  # string: GCRA theoretical arrival time of creations
 POLL_PACE = PREFIX + "pace:poll"  # string: the same for status polls
 PACE_RATE = PREFIX + "pace:rate"  # string: creations/s after 429s tightened the pace
+REPAIR_CURSOR = PREFIX + "repair"  # hash: where the sweeper's repair walk goes on (batch, offset)
 
-CREATE_QUEUE = "wanq.create"
-POLL_QUEUE = "wanq.poll"
-DELIVER_QUEUE = "wanq.deliver"
-CALLBACK_QUEUE = "wanq.callbacks"  # batches' own callback tasks: consumed by the user's workers
+# Queue names live in workers.names; these aliases keep older call sites readable.
+CREATE_QUEUE = QueueName.CREATE
+POLL_QUEUE = QueueName.POLL
+DELIVER_QUEUE = QueueName.DELIVER
+CALLBACK_QUEUE = QueueName.CALLBACKS
 
 
 def job(job_id: str) -> str:

@@ -11,32 +11,23 @@ import json
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from importlib import resources
 from typing import Any
 
 import redis
 
 from workers import keys
+from workers.config import Settings
 from workers.connection import connect
+from workers.jobs import Job
+from workers.names import ALL_STATES, TERMINAL, BatchState, Hold, State, lua_constants
+from workers.registries import JobSet, Registries
+
+__all__ = ["ALL_STATES", "TERMINAL", "Finish", "JobStore", "State", "Step"]
 
 STREAM_MAXLEN = 1_000_000
 ENQUEUE_SLICE = 100  # jobs per enqueue script: Redis runs nothing else meanwhile (~1 ms)
 ENQUEUE_SLICE_BYTES = 8 * 1024 * 1024  # or fewer: requests inline images of up to 10 MB
-
-
-class State(StrEnum):
-    QUEUED = "queued"
-    CREATING = "creating"
-    RUNNING = "running"
-    WAITING = "waiting"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-TERMINAL = frozenset({State.SUCCEEDED, State.FAILED, State.CANCELLED})
-ALL_STATES = tuple(State)
 
 
 @dataclass(frozen=True)
@@ -67,7 +58,17 @@ class Step:
 class JobStore:
     """Jobs, batches and results in Redis; every multi-key change is one script."""
 
-    SCRIPTS = ("enqueue", "step", "claim", "finish", "release", "reopen", "pace", "lease")
+    SCRIPTS = (
+        "enqueue",
+        "step",
+        "claim",
+        "park",
+        "finish",
+        "release",
+        "reopen",
+        "pace",
+        "lease",
+    )
 
     def __init__(
         self, client: redis.Redis, max_in_flight: int = 0, always_deliver: bool = False
@@ -75,14 +76,28 @@ class JobStore:
         self.redis = client
         self.max_in_flight = max_in_flight
         self.always_deliver = always_deliver  # every ended job owes a delivery (archiving)
+        sets = Registries(client)
+        self.due, self.queued, self.held = sets.due, sets.queued, sets.held
+        self.inflight, self.slots, self.deliveries = sets.inflight, sets.slots, sets.deliveries
+        self.parked = sets.parked
         lua = resources.files("workers") / "lua"
+        preamble = lua_constants()
         self._scripts = {
-            name: client.register_script((lua / f"{name}.lua").read_text()) for name in self.SCRIPTS
+            name: client.register_script(preamble + (lua / f"{name}.lua").read_text())
+            for name in self.SCRIPTS
         }
 
     @classmethod
     def from_url(cls, url: str, max_in_flight: int = 0, always_deliver: bool = False) -> JobStore:
         return cls(connect(url), max_in_flight, always_deliver)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> JobStore:
+        """The store as the cluster runs it: producers and workers alike get the cap, so a
+        script behaves the same whoever calls it."""
+        return cls.from_url(
+            settings.broker_url, settings.max_in_flight, always_deliver=bool(settings.archive_dir)
+        )
 
     # --- producers -------------------------------------------------------------------------
 
@@ -128,6 +143,36 @@ class JobStore:
 
     def job(self, job_id: str) -> dict[str, str]:
         return self.redis.hgetall(keys.job(job_id))
+
+    def job_record(self, job_id: str) -> Job | None:
+        return Job.parse(job_id, self.job(job_id))
+
+    def job_records(self, job_ids: Sequence[str]) -> list[Job | None]:
+        """Several jobs in one round trip, in order (None for a job that is gone)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hgetall(keys.job(job_id))
+        return [Job.parse(j, raw) for j, raw in zip(job_ids, pipe.execute(), strict=True)]
+
+    def job_seq(self, job_id: str) -> int:
+        return int(self.redis.hget(keys.job(job_id), "seq") or 0)
+
+    def batch_state(self, batch_id: str) -> str:
+        return self.redis.hget(keys.batch(batch_id), "state") or BatchState.ACTIVE
+
+    def batch_ids(self) -> list[str]:
+        return list(self.redis.zrange(keys.BATCHES, 0, -1))
+
+    def set_fields(self, key: str, fields: dict[str, str]) -> None:
+        """Plain field writes on a job's or batch's hash (delivery marks, archive paths)."""
+        self.redis.hset(key, mapping=fields)
+
+    def get_field(self, key: str, name: str) -> str | None:
+        value: str | None = self.redis.hget(key, name)
+        return value
+
+    def queue_length(self, queue: str) -> int:
+        return int(self.redis.llen(queue))
 
     def request(self, job_id: str) -> dict[str, Any] | None:
         raw = self.redis.get(keys.payload(job_id))
@@ -265,27 +310,35 @@ class JobStore:
         )
         return Step(bool(applied), int(new_seq), why)
 
-    def park(self, job_id: str, seq: int, reason: str, detail: str = "") -> bool:
+    def park(self, job_id: str, seq: int, reason: Hold, detail: str = "") -> bool:
         """Park a job: it waits (never fails) until its account or batch lets it go on.
 
         ``reason`` is ``account`` (cluster-wide, released by a successful probe), ``slot``
         (the in-flight cap is reached: released as jobs end), or ``paused`` / ``budget`` (this
-        batch, released by ``wanq resume``). A parked job gives up its in-flight slot.
+        batch, released by ``wanq resume``). A parked job gives up its in-flight slot. One
+        script: a worker that dies half-way cannot leave a waiting job in no set.
         """
-        step = self.step(
-            job_id,
-            seq,
-            (State.QUEUED, State.CREATING, State.WAITING),
-            State.WAITING,
-            fields={"hold": reason, "last_error": detail or reason},
+        batch_id = keys.batch_of(job_id)
+        applied = self._scripts["park"](
+            keys=[
+                keys.job(job_id),
+                keys.batch(batch_id),
+                keys.DUE,
+                keys.QUEUED,
+                self.parked_set(reason, batch_id).key,
+                keys.INFLIGHT,
+            ],
+            args=[job_id, seq, str(reason), detail or str(reason), time.time()],
         )
-        if step.applied:
-            zset = PARKED_IN.get(reason) or keys.batch_parked(keys.batch_of(job_id))
-            pipe = self.redis.pipeline()
-            pipe.zadd(zset, {job_id: time.time()}, nx=True)
-            pipe.zrem(keys.INFLIGHT, job_id)
-            pipe.execute()
-        return step.applied
+        return bool(applied)
+
+    def parked_set(self, reason: Hold, batch_id: str) -> JobSet:
+        """Where a job parked for ``reason`` waits: cluster-wide sets, or its batch's."""
+        if reason == Hold.ACCOUNT:
+            return self.held
+        if reason == Hold.SLOT:
+            return self.slots
+        return self.parked(batch_id)
 
     def release(self, zset: str, count: int) -> list[tuple[str, int]]:
         """Unpark up to ``count`` jobs of a parked set: (job_id, seq) to send creates for."""
@@ -314,15 +367,50 @@ class JobStore:
         values = {"state": state, **{k: str(v) for k, v in fields.items()}}
         self.redis.hset(keys.batch(batch_id), mapping=values)
 
-    def pace(self, rate: float, horizon: float, key: str = keys.CREATE_PACE) -> float:
+    def pace(self, rate: float, horizon: float, *, poll: bool = False) -> float:
         """Seconds until this caller's slot under a cluster-wide rate (GCRA); 0 = now.
 
-        Creations also follow the rate 429s have tightened (``workers.pacing``).
+        Creations also follow the rate 429s have tightened (``workers.pacing``); polls don't.
         """
-        tightened = keys.PACE_RATE if key == keys.CREATE_PACE else keys.PACE_RATE + ":none"
+        key = keys.POLL_PACE if poll else keys.CREATE_PACE
+        tightened = keys.PACE_RATE + ":none" if poll else keys.PACE_RATE
         return float(
             self._scripts["pace"](keys=[key, tightened], args=[time.time(), rate, horizon])
         )
+
+    def repair_slice(self, count: int) -> tuple[str, list[str]]:
+        """The next ``count`` job IDs of the repair walk (batch after batch, wrapping round)."""
+        cursor = self.redis.hgetall(keys.REPAIR_CURSOR)
+        index, offset = int(cursor.get("batch") or 0), int(cursor.get("offset") or 0)
+        found = self.redis.zrange(keys.BATCHES, index, index)
+        if not found:
+            index, offset = 0, 0
+            found = self.redis.zrange(keys.BATCHES, 0, 0)
+            if not found:
+                return "", []
+        batch_id = found[0]
+        job_ids = self.redis.lrange(keys.batch_jobs(batch_id), offset, offset + count - 1)
+        if len(job_ids) < count:
+            index, offset = index + 1, 0
+        else:
+            offset += count
+        self.redis.hset(keys.REPAIR_CURSOR, mapping={"batch": index, "offset": offset})
+        return batch_id, list(job_ids)
+
+    def replace(self, job: Job, what: str, now: float) -> None:
+        """Put a misplaced job back where the sweeper will move it on (see sweeper.repair).
+
+        Only adds, each NX, in one MULTI: repeating it, or racing a script that moved the job
+        meanwhile, leaves at worst an extra due entry, which the sweeper drops.
+        """
+        pipe = self.redis.pipeline(transaction=True)
+        if what == "untracked_in_flight":
+            pipe.zadd(keys.INFLIGHT, {job.job_id: now}, nx=True)
+        if what == "not_parked":
+            pipe.zadd(self.parked_set(Hold(job.hold), job.batch).key, {job.job_id: now}, nx=True)
+        else:
+            pipe.zadd(keys.DUE, {job.job_id: now}, nx=True)
+        pipe.execute()
 
     def take_lease(self, name: str, holder: str, ttl: float) -> bool:
         return bool(self._scripts["lease"](keys=[name], args=[holder, int(ttl * 1000)]))
@@ -331,11 +419,16 @@ class JobStore:
         """Cluster counters (duplicate creations, rescues): kept, never hidden."""
         self.redis.hincrby(keys.STATS, name, by)
 
+    def count_ambiguous_create(self, job_id: str) -> None:
+        """A POST that got no answer may have made a remote task: counted on the cluster and
+        on the job, so duplicates are shown, not hidden."""
+        pipe = self.redis.pipeline()
+        pipe.hincrby(keys.STATS, "create_ambiguous", 1)
+        pipe.hincrby(keys.job(job_id), "create_ambiguous", 1)
+        pipe.execute()
+
     def stats(self) -> dict[str, str]:
         return self.redis.hgetall(keys.STATS)
-
-
-PARKED_IN = {"account": keys.HELD, "slot": keys.SLOTS}
 
 
 def finish_answer(raw: list) -> Finish:
