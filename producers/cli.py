@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import signal
 import sys
 from pathlib import Path
 
 import click
 
-from producers import cli_cluster
 from producers.batchfile import BatchLine
 from producers.terminal import console, out
 from producers.validation import ValidationOptions
@@ -321,65 +319,6 @@ def results(batch: str, fmt: str, state: str | None, path: str | None) -> None:
         console.print(f"{n} records written to {path}")
     else:
         write_results(client.results(batch, state), sys.stdout, fmt)
-
-
-@main.command()
-@click.argument("file")
-@click.option("--out", "path", type=click.Path(dir_okay=False), help="Results file (JSON Lines).")
-@click.option("--batch-id")
-@click.option("--allow-invalid", is_flag=True, help="Submit the valid lines even if some are not.")
-@click.option("--workers", default=2, show_default=True, help="Worker processes to start locally.")
-@click.option(
-    "--sim/--no-sim",
-    default=None,
-    help="Start the provider simulator (default: when "
-    "no Redis is configured and the provider URL is the default).",
-)
-@click.option(
-    "--timeout", type=float, default=None, help="Give up waiting after this many seconds."
-)
-def run(
-    file: str,
-    path: str | None,
-    batch_id: str | None,
-    allow_invalid: bool,
-    workers: int,
-    sim: bool | None,
-    timeout: float | None,
-) -> None:
-    """The one-machine path: start what is missing, submit FILE, wait, write the results."""
-    from ops.localstack import LocalStack
-    from producers.api import write_results
-    from producers.progress import Stopwatch, summary_table, watch
-
-    for signum in (signal.SIGTERM, signal.SIGHUP):  # stop what we started, as on Ctrl-C
-        signal.signal(signum, cli_cluster.exit_on_signal)
-
-    settings = config.load()
-    stack = LocalStack(settings.data_path)
-    try:
-        settings = cli_cluster.local_parts(stack, settings, sim, workers)
-        client = _client(settings)
-        clock = Stopwatch()
-        report = _submit(client, file, batch_id, allow_invalid, False)
-        cli_cluster.print_flower(stack)
-        final = watch(client, report.batch_id, console, timeout=timeout)
-        target = Path(path or settings.data_path / "results" / f"{report.batch_id}.jsonl")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with open(target, "w", encoding="utf-8") as handle:
-            written = write_results(client.results(report.batch_id), handle)
-        console.print(summary_table(final, clock.elapsed))
-        console.print(f"{written} results written to {target}")
-        if settings.archive_dir:
-            console.print(f"outputs archived under {Path(settings.archive_dir) / report.batch_id}")
-    finally:
-        if stack.processes:
-            console.print("stopping what wanq run started ...")
-            stack.stop()
-
-
-for _command in cli_cluster.COMMANDS:
-    main.add_command(_command)
 
 
 if __name__ == "__main__":

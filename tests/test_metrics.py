@@ -71,7 +71,7 @@ def scrape(url: str) -> Samples:
 def wanq_status(cluster, batch_id: str) -> dict:
     env = {**WORKER_ENV, "WANQ_REDIS_URL": cluster.redis_url}
     result = subprocess.run(
-        [sys.executable, "-m", "producers.cli", "status", batch_id, "--json"],
+        [sys.executable, "-m", "ops.cli", "status", batch_id, "--json"],
         env=env,
         capture_output=True,
         text=True,
@@ -331,9 +331,7 @@ def test_wanq_metrics_command_serves_the_endpoint(redis_server, redis_url, tmp_p
     port = free_port()
     stack = LocalStack(tmp_path)
     env = {**os.environ, "WANQ_REDIS_URL": redis_url, "WANQ_MAX_IN_FLIGHT": "50"}
-    stack._spawn(
-        "metrics", [sys.executable, "-m", "producers.cli", "metrics", "--port", str(port)], env
-    )
+    stack._spawn("metrics", [sys.executable, "-m", "ops.cli", "metrics", "--port", str(port)], env)
     try:
         url = f"http://127.0.0.1:{port}/metrics"
         samples = wait_for(lambda: scrape(url), "wanq metrics")

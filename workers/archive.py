@@ -29,7 +29,9 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
-from requests.adapters import HTTPAdapter
+
+from workers import http
+from workers.errors import WanqError
 
 CHUNK_BYTES = 64 * 1024
 MAX_REDIRECTS = 3
@@ -64,7 +66,7 @@ class DownloadLimits:
     allowed_hosts: frozenset[str] = frozenset()  # "host" or "host:port", always allowed
 
 
-class ArchiveError(Exception):
+class ArchiveError(WanqError):
     """A download or write that failed, in plain words (never the URL or any secret)."""
 
 
@@ -74,12 +76,7 @@ class _Retryable(ArchiveError):
 
 def new_session() -> requests.Session:
     """A session for downloads only, with no credentials and no hidden retries of its own."""
-    session = requests.Session()
-    adapter = HTTPAdapter(pool_maxsize=4, max_retries=0)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    session.headers["User-Agent"] = "wanq-archive"
-    return session
+    return http.new_session("wanq-archive")
 
 
 # --- public API ------------------------------------------------------------------------------

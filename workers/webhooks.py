@@ -29,13 +29,14 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
 from standardwebhooks import Webhook, WebhookVerificationError
 from standardwebhooks.webhooks import EmptyWebhookSecretError
+
+from workers import http as wanq_http
 
 
 @dataclass(frozen=True)
@@ -89,13 +90,13 @@ def deliver(
     _check_url(url)
     body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
     headers = sign(secret, msg_id, datetime.now(UTC), body)
-    http = session or requests.Session()
+    http = session or wanq_http.new_session("wanq-webhooks")
     try:
         with http.post(
             url, data=body.encode(), headers=headers, timeout=timeout, allow_redirects=False
         ) as response:
             code = response.status_code
-            retry_after = _retry_after(response.headers.get("Retry-After"))
+            retry_after = wanq_http.retry_after(response.headers.get("Retry-After"))
     except requests.RequestException as exc:
         return Delivery(False, None, True, None, f"{type(exc).__name__} posting the webhook")
     finally:
@@ -137,23 +138,6 @@ def _check_url(url: str) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("webhook URL must be http:// or https:// with a host")
-
-
-def _retry_after(raw: str | None) -> float | None:
-    """Delta-seconds or an HTTP date; anything unreadable is ignored."""
-    if not raw:
-        return None
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(raw)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 __all__ = [
