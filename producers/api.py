@@ -12,13 +12,12 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
-import io
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 from producers.batchfile import BatchLine
 from producers.publish import TaskPublisher, task_publisher
@@ -132,7 +131,7 @@ class Wanq:
             time.sleep(interval)
 
     def batches(self) -> list[BatchStatus]:
-        return [self.status(b) for b in self.store.redis.zrange(keys.BATCHES, 0, -1)]
+        return [self.status(b) for b in self.store.batch_ids()]
 
     def results(self, batch_id: str, state: str | None = None) -> Iterator[dict[str, Any]]:
         """One record per job, in submission order, streamed from Redis."""
@@ -228,7 +227,7 @@ class Wanq:
             yield publisher
 
 
-def write_results(records: Iterable[dict[str, Any]], out: io.TextIOBase, fmt: str = "jsonl") -> int:
+def write_results(records: Iterable[dict[str, Any]], out: IO[str], fmt: str = "jsonl") -> int:
     """Stream records as JSON Lines or CSV (nested fields JSON-encoded); returns the count."""
     count = 0
     if fmt == "csv":

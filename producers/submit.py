@@ -62,7 +62,7 @@ def validate_file(source: Source, options: ValidationOptions) -> Iterator[BatchL
 
 def submit_file(
     store: JobStore,
-    send_create: Callable[[Iterable[tuple[str, int]]], None],
+    send_create: Callable[[Iterable[tuple[str, int]]], object],
     source: Source,
     *,
     batch_id: str | None = None,
@@ -120,7 +120,7 @@ def _chunks(jobs: Iterable[Job]) -> Iterator[list[Job]]:
 
 def _enqueue(
     store: JobStore,
-    send_create: Callable[[Iterable[tuple[str, int]]], None],
+    send_create: Callable[[Iterable[tuple[str, int]]], object],
     jobs: Iterable[Job],
     report: SubmitReport,
 ) -> None:

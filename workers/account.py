@@ -12,6 +12,7 @@ import time
 import redis
 
 from workers import keys
+from workers.connection import text_map
 
 
 def block(client: redis.Redis, http_status: int, reason: str) -> None:
@@ -29,7 +30,7 @@ def unblock(client: redis.Redis) -> bool:
 
 def blocked(client: redis.Redis) -> dict[str, str]:
     """The block, if any: ``{"reason": ..., "http_status": ..., "since": ...}``; empty if fine."""
-    return client.hgetall(keys.ACCOUNT)
+    return text_map(client.hgetall(keys.ACCOUNT))
 
 
 def probe_due(client: redis.Redis, interval: float) -> bool:

@@ -176,3 +176,17 @@ def connect(url: str) -> redis.Redis:
         connection_class=MasterConnection,
         **SOCKET_TIMEOUTS,
     )
+
+
+def text(value: Any) -> str:
+    """A reply of a client made by ``connect`` (decode_responses=True): redis-py's stubs type
+    replies as bytes or str whatever the client, so the store narrows them here, in one place."""
+    return "" if value is None else str(value)
+
+
+def texts(values: Any) -> list[str]:
+    return [str(v) for v in values]
+
+
+def text_map(values: Any) -> dict[str, str]:
+    return {str(k): str(v) for k, v in values.items()}

@@ -40,7 +40,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from workers import account, keys
-from workers.connection import connect
+from workers.connection import connect, texts
 from workers.store import ALL_STATES
 
 log = logging.getLogger("wanq.metrics")
@@ -158,7 +158,7 @@ class WanqCollector(Collector):
         self.batch_limit = batch_limit
 
     def collect(self) -> Iterator[Metric]:
-        batch_ids = self.redis.zrevrange(keys.BATCHES, 0, self.batch_limit - 1)
+        batch_ids = texts(self.redis.zrevrange(keys.BATCHES, 0, self.batch_limit - 1))
         pipe = self.redis.pipeline(transaction=False)
         for batch_id in batch_ids:
             pipe.hgetall(keys.batch(batch_id))

@@ -161,8 +161,8 @@ def parse_status(body: dict[str, Any]) -> Status:
     if state == "completed":
         return Status(state, outputs=_outputs(data), usage=_usage(data))
     if state == "failed":
-        error = data.get("error") if isinstance(data.get("error"), dict) else {}
-        return Status(state, error=error)
+        error = data.get("error")
+        return Status(state, error=error if isinstance(error, dict) else {})
     return Status(state)
 
 

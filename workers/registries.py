@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import redis
 
 from workers import keys
+from workers.connection import texts
 
 
 class JobSet:
@@ -32,7 +33,7 @@ class JobSet:
         return None if score is None else float(score)
 
     def members(self, count: int = -1) -> list[str]:
-        return list(self.redis.zrange(self.key, 0, count - 1 if count > 0 else -1))
+        return texts(self.redis.zrange(self.key, 0, count - 1 if count > 0 else -1))
 
     def add(self, members: dict[str, float], *, only_existing: bool = False) -> None:
         if members:
@@ -44,12 +45,7 @@ class JobSet:
 
     def before(self, cutoff: float, count: int) -> list[str]:
         """Up to ``count`` members scored at or before ``cutoff``, oldest first."""
-        return list(self.redis.zrangebyscore(self.key, "-inf", cutoff, start=0, num=count))
-
-    def after(self, start: str, count: int) -> list[tuple[str, float]]:
-        """A slice of members by rank, for the repair pass's walk: ``start`` is a rank."""
-        first = int(start)
-        return list(self.redis.zrange(self.key, first, first + count - 1, withscores=True))
+        return texts(self.redis.zrangebyscore(self.key, "-inf", cutoff, start=0, num=count))
 
     def reschedule(self, members: Sequence[str], when: float) -> None:
         """Move members that are still there to ``when`` (swept once per period)."""

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 import redis
+from redis.typing import EncodableT, FieldT
 
 from workers import keys
 from workers.config import Settings
-from workers.connection import connect
+from workers.connection import connect, text, text_map, texts
 from workers.jobs import Job
 from workers.names import ALL_STATES, TERMINAL, BatchState, Hold, State, lua_constants
 from workers.registries import JobSet, Registries
@@ -115,6 +116,7 @@ class JobStore:
         script = self._scripts["enqueue"]
         pipe = self.redis.pipeline(transaction=False)
         job_ids = []
+        args: list[str | int | float]
         job_keys, args, size = list(shared), [batch_id, now], 0
         for custom_id, request, line in jobs:
             job_id = keys.job_id(batch_id, custom_id)
@@ -142,7 +144,7 @@ class JobStore:
     # --- reading ---------------------------------------------------------------------------
 
     def job(self, job_id: str) -> dict[str, str]:
-        return self.redis.hgetall(keys.job(job_id))
+        return text_map(self.redis.hgetall(keys.job(job_id)))
 
     def job_record(self, job_id: str) -> Job | None:
         return Job.parse(job_id, self.job(job_id))
@@ -152,24 +154,27 @@ class JobStore:
         pipe = self.redis.pipeline(transaction=False)
         for job_id in job_ids:
             pipe.hgetall(keys.job(job_id))
-        return [Job.parse(j, raw) for j, raw in zip(job_ids, pipe.execute(), strict=True)]
+        replies = pipe.execute()
+        return [Job.parse(j, text_map(raw)) for j, raw in zip(job_ids, replies, strict=True)]
 
     def job_seq(self, job_id: str) -> int:
         return int(self.redis.hget(keys.job(job_id), "seq") or 0)
 
     def batch_state(self, batch_id: str) -> str:
-        return self.redis.hget(keys.batch(batch_id), "state") or BatchState.ACTIVE
+        return text(self.redis.hget(keys.batch(batch_id), "state")) or BatchState.ACTIVE
 
     def batch_ids(self) -> list[str]:
-        return list(self.redis.zrange(keys.BATCHES, 0, -1))
+        return texts(self.redis.zrange(keys.BATCHES, 0, -1))
 
-    def set_fields(self, key: str, fields: dict[str, str]) -> None:
+    def set_fields(self, key: str, fields: Mapping[str, str]) -> None:
         """Plain field writes on a job's or batch's hash (delivery marks, archive paths)."""
-        self.redis.hset(key, mapping=fields)
+        mapping: dict[FieldT, EncodableT] = {}
+        mapping.update(fields.items())
+        self.redis.hset(key, mapping=mapping)
 
     def get_field(self, key: str, name: str) -> str | None:
-        value: str | None = self.redis.hget(key, name)
-        return value
+        value = self.redis.hget(key, name)
+        return None if value is None else text(value)
 
     def queue_length(self, queue: str) -> int:
         return int(self.redis.llen(queue))
@@ -179,17 +184,17 @@ class JobStore:
         return json.loads(raw) if raw else None
 
     def batch(self, batch_id: str) -> dict[str, str]:
-        return self.redis.hgetall(keys.batch(batch_id))
+        return text_map(self.redis.hgetall(keys.batch(batch_id)))
 
     def batch_codes(self, batch_id: str) -> dict[str, int]:
-        raw = self.redis.hgetall(keys.batch_codes(batch_id))
+        raw = text_map(self.redis.hgetall(keys.batch_codes(batch_id)))
         return {code: int(n) for code, n in raw.items() if int(n) > 0}
 
     def iter_batch_jobs(self, batch_id: str, chunk: int = 500) -> Iterator[dict[str, str]]:
         """Job records in submission order, a slice at a time: memory stays flat."""
         start = 0
         while True:
-            ids = self.redis.lrange(keys.batch_jobs(batch_id), start, start + chunk - 1)
+            ids = texts(self.redis.lrange(keys.batch_jobs(batch_id), start, start + chunk - 1))
             if not ids:
                 return
             pipe = self.redis.pipeline(transaction=False)
@@ -197,7 +202,7 @@ class JobStore:
                 pipe.hgetall(keys.job(job_id))
             for job_id, record in zip(ids, pipe.execute(), strict=True):
                 if record:
-                    yield {"job_id": job_id, **record}
+                    yield {"job_id": job_id, **text_map(record)}
             start += chunk
 
     # --- workers ---------------------------------------------------------------------------
@@ -364,7 +369,9 @@ class JobStore:
 
     def set_control(self, batch_id: str, state: str, **fields: Any) -> None:
         """Batch state: ``active``, ``paused``, ``budget`` (paused by its cap), ``cancelled``."""
-        values = {"state": state, **{k: str(v) for k, v in fields.items()}}
+        values: dict[FieldT, EncodableT] = {"state": state}
+        for name, value in fields.items():
+            values[name] = str(value)
         self.redis.hset(keys.batch(batch_id), mapping=values)
 
     def pace(self, rate: float, horizon: float, *, poll: bool = False) -> float:
@@ -380,16 +387,16 @@ class JobStore:
 
     def repair_slice(self, count: int) -> tuple[str, list[str]]:
         """The next ``count`` job IDs of the repair walk (batch after batch, wrapping round)."""
-        cursor = self.redis.hgetall(keys.REPAIR_CURSOR)
+        cursor = text_map(self.redis.hgetall(keys.REPAIR_CURSOR))
         index, offset = int(cursor.get("batch") or 0), int(cursor.get("offset") or 0)
-        found = self.redis.zrange(keys.BATCHES, index, index)
+        found = texts(self.redis.zrange(keys.BATCHES, index, index))
         if not found:
             index, offset = 0, 0
-            found = self.redis.zrange(keys.BATCHES, 0, 0)
+            found = texts(self.redis.zrange(keys.BATCHES, 0, 0))
             if not found:
                 return "", []
         batch_id = found[0]
-        job_ids = self.redis.lrange(keys.batch_jobs(batch_id), offset, offset + count - 1)
+        job_ids = texts(self.redis.lrange(keys.batch_jobs(batch_id), offset, offset + count - 1))
         if len(job_ids) < count:
             index, offset = index + 1, 0
         else:
@@ -428,10 +435,10 @@ class JobStore:
         pipe.execute()
 
     def stats(self) -> dict[str, str]:
-        return self.redis.hgetall(keys.STATS)
+        return text_map(self.redis.hgetall(keys.STATS))
 
 
-def finish_answer(raw: list) -> Finish:
+def finish_answer(raw: list[Any]) -> Finish:
     ended, batch_ended, owed, admitted, admitted_seq = raw
     return Finish(
         bool(ended),
