@@ -13,6 +13,7 @@ from producers.terminal import console, out
 from producers.validation import ValidationOptions
 from workers import config
 from workers.errors import message_for
+from workers.names import priority_name, priority_weight
 
 EXIT_INVALID = 1
 EXIT_UNREADABLE = 2
@@ -89,6 +90,18 @@ def _line_json(line: BatchLine) -> dict:
 @click.option("--webhook", help="POST each ended job, then the batch, here (signed).")
 @click.option("--callback-task", help="Celery task called with each ended job's record.")
 @click.option("--batch-callback-task", help="Celery task called once with the final counts.")
+@click.option(
+    "--priority",
+    default="normal",
+    show_default=True,
+    help="high, normal, low or a weight (0.1-1000): the batch's share of the in-flight cap.",
+)
+@click.option(
+    "--max-in-flight",
+    type=click.IntRange(min=0),
+    default=0,
+    help="This batch's own cap on remote tasks in flight, under the cluster's (0: none).",
+)
 def submit(
     file: str,
     batch_id: str | None,
@@ -100,15 +113,23 @@ def submit(
     webhook: str | None,
     callback_task: str | None,
     batch_callback_task: str | None,
+    priority: str,
+    max_in_flight: int,
 ) -> None:
     """Validate FILE (.jsonl or .csv; - for standard input) and enqueue its jobs."""
+    try:
+        priority_weight(priority)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--priority") from None
     if dry_run:
         _dry_run(file, truncate)
         return
     from producers.api import BatchOptions
 
     client = _client()
-    batch = BatchOptions(max_cost, webhook, callback_task, batch_callback_task)
+    batch = BatchOptions(
+        max_cost, webhook, callback_task, batch_callback_task, priority, max_in_flight
+    )
     report = _submit(client, file, batch_id, allow_invalid, truncate, batch)
     out.print(report.batch_id)
     if wait:
@@ -203,17 +224,31 @@ def batches() -> None:
     """Every batch with its state, progress and cost."""
     from rich.table import Table
 
-    table = Table("batch", "state", "ended", "jobs", "failed", "cost")
+    table = Table("batch", "state", "priority", "ended", "jobs", "failed", "cost")
     for status in _client().batches():
         table.add_row(
             status.batch_id,
             status.state,
+            status.priority,
             str(status.ended),
             str(status.total),
             str(status.counts.get("failed", 0)),
             f"${status.cost:.2f}",
         )
     out.print(table)
+
+
+@main.command()
+@click.argument("batch")
+@click.argument("level")
+def priority(batch: str, level: str) -> None:
+    """Change BATCH's share of the in-flight cap: high, normal, low or a weight (0.1-1000)."""
+    try:
+        priority_weight(level)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="LEVEL") from None
+    weight = _steer(lambda client: client.set_priority(batch, level), batch)
+    console.print(f"batch {batch}: priority {priority_name(weight)} (weight {weight:g})")
 
 
 @main.command()

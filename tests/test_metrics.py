@@ -235,7 +235,9 @@ def test_scrape_reads_only_the_most_recent_batches(redis_url):
     pipe.rpush(keys.POLL_QUEUE, "m4")
     pipe.hset(metrics.UNACKED_KEY, mapping={"tag1": "x", "tag2": "y"})
     pipe.zadd(keys.INFLIGHT, {f"b204:j{i}": i for i in range(9)})
-    pipe.zadd(keys.SLOTS, {f"b204:k{i}": i for i in range(4)})
+    pipe.zadd(keys.batch_ready("b204"), {f"b204:k{i}": i for i in range(3)})
+    pipe.zadd(keys.batch_ready("b203"), {"b203:k0": 0})
+    pipe.zadd(keys.READY, {"b204": 0, "b203": 0})
     pipe.execute()
 
     samples = collect(client, batch_limit=200)

@@ -137,8 +137,8 @@ def announce(ended: Finish, job_id: str, send: Sender) -> None:
         send(TaskName.DELIVER, (job_id,))
     if ended.batch_ended and ended.callbacks_owed:
         send(TaskName.DELIVER, (batch_target(keys.batch_of(job_id)),))
-    if ended.admitted:
-        send(TaskName.CREATE, ended.admitted)
+    for admitted in ended.admitted:
+        send(TaskName.CREATE, admitted)
 
 
 def latency_estimate(store: JobStore) -> float | None:

@@ -11,7 +11,9 @@ DUE = PREFIX + "due"  # zset job_id -> when its next step (poll, retry, create) 
 QUEUED = PREFIX + "queued"  # zset job_id -> enqueued at, for jobs whose create never ran
 HELD = PREFIX + "held"  # zset job_id -> held at, jobs parked while the account is blocked
 INFLIGHT = PREFIX + "inflight"  # zset job_id -> claimed at: remote tasks being created or run
-SLOTS = PREFIX + "slots"  # zset job_id -> parked at: jobs waiting for an in-flight slot (FIFO)
+CLUSTER = PREFIX + "cluster"  # hash: settings the workers run with (max_in_flight), for all
+READY = PREFIX + "ready"  # zset batch_id: batches with jobs waiting for an in-flight slot
+ADMIT_TURN = PREFIX + "admit:turn"  # counter: the order in which batches were last given a slot
 DELIVER = PREFIX + "deliver"  # zset job_id (or batch:<id>) -> when its callbacks became owed
 RESULTS = PREFIX + "results"  # stream: one entry per terminal job, for downstream consumers
 ACCOUNT = PREFIX + "account"  # hash: why creation is paused for the whole cluster, if it is
@@ -46,6 +48,11 @@ def batch_jobs(batch_id: str) -> str:
     return f"{PREFIX}batch:{batch_id}:jobs"
 
 
+def batch_ready(batch_id: str) -> str:
+    """Zset job_id -> order in the file: the batch's jobs waiting for an in-flight slot."""
+    return f"{PREFIX}batch:{batch_id}:ready"
+
+
 def batch_codes(batch_id: str) -> str:
     """Hash error code -> number of jobs of the batch that failed with it."""
     return f"{PREFIX}batch:{batch_id}:codes"
@@ -63,3 +70,17 @@ def batch_of(job_id: str) -> str:
 def job_id(batch_id: str, custom_id: str) -> str:
     """Jobs are keyed by batch and custom_id, which makes resubmission idempotent."""
     return f"{batch_id}:{custom_id}"
+
+
+def lua_constants() -> str:
+    """The keys the Lua library reaches by name (see workers/lua/lib), as Lua locals."""
+    names = {
+        "K_INFLIGHT": INFLIGHT,
+        "K_CLUSTER": CLUSTER,
+        "K_READY": READY,
+        "K_DUE": DUE,
+        "K_ADMIT_TURN": ADMIT_TURN,
+        "K_JOB_PREFIX": job(""),
+        "K_BATCH_PREFIX": batch(""),
+    }
+    return "".join(f"local {name} = '{value}'\n" for name, value in names.items())

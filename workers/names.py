@@ -43,6 +43,36 @@ class Hold(StrEnum):
     BUDGET = "budget"  # its batch's budget would be passed: released by ``wanq resume``
 
 
+PRIORITIES = {"low": 1.0, "normal": 2.0, "high": 4.0}  # weights: shares of the in-flight cap
+MIN_WEIGHT, MAX_WEIGHT = 0.1, 1000.0  # a weight is never 0: every active batch gets a share
+
+
+def priority_weight(level: str | float) -> float:
+    """``high`` / ``normal`` / ``low`` or a number; the weight that divides the cap.
+
+    Raises ValueError (with the accepted forms) for anything else.
+    """
+    if isinstance(level, str) and level.strip().lower() in PRIORITIES:
+        return PRIORITIES[level.strip().lower()]
+    try:
+        weight = float(level)
+    except (TypeError, ValueError):
+        weight = float("nan")
+    if not MIN_WEIGHT <= weight <= MAX_WEIGHT:  # NaN fails too
+        raise ValueError(
+            f"priority is high, normal, low or a weight from {MIN_WEIGHT:g} to {MAX_WEIGHT:g}, "
+            f"not {level!r}"
+        )
+    return weight
+
+
+def priority_name(weight: float) -> str:
+    for name, value in PRIORITIES.items():
+        if value == weight:
+            return name
+    return f"{weight:g}"
+
+
 class TaskName(StrEnum):
     CREATE = "wanq.create"
     POLL = "wanq.poll"

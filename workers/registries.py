@@ -5,7 +5,7 @@ and the few ways wanq reads and writes it outside the Lua scripts.
     queued     job -> enqueued at, for jobs whose create never ran
     held       job -> parked at, while the account is blocked
     inflight   job -> claimed at: remote tasks being created or run (the cap counts these)
-    slots      job -> parked at: jobs waiting for an in-flight slot (FIFO)
+    ready(b)   job -> line: a batch's jobs waiting for an in-flight slot (see lua/lib/slots.lua)
     deliveries target (job or batch:<id>) -> when its callbacks are due
     parked(b)  job -> parked at: a batch's jobs held by its pause or budget
 """
@@ -61,7 +61,6 @@ class Registries:
         self.queued = JobSet(client, keys.QUEUED)
         self.held = JobSet(client, keys.HELD)
         self.inflight = JobSet(client, keys.INFLIGHT)
-        self.slots = JobSet(client, keys.SLOTS)
         self.deliveries = JobSet(client, keys.DELIVER)
         self._client = client
 

@@ -26,6 +26,8 @@ from workers.registries import JobSet, Registries
 
 __all__ = ["ALL_STATES", "TERMINAL", "Finish", "JobStore", "State", "Step"]
 
+HOLDS = frozenset(h.value for h in Hold)
+
 STREAM_MAXLEN = 1_000_000
 ENQUEUE_SLICE = 100  # jobs per enqueue script: Redis runs nothing else meanwhile (~1 ms)
 ENQUEUE_SLICE_BYTES = 8 * 1024 * 1024  # or fewer: requests inline images of up to 10 MB
@@ -35,16 +37,24 @@ ENQUEUE_SLICE_BYTES = 8 * 1024 * 1024  # or fewer: requests inline images of up 
 class Finish:
     """What a terminal transition did: only one caller per job sees ``ended``.
 
-    ``admitted`` is the (job_id, seq) that took the freed in-flight slot: send its create.
+    ``admitted`` are the (job_id, seq) that took the freed in-flight slot: send their creates.
     """
 
     ended: bool
     batch_ended: bool = False
     callbacks_owed: bool = False
-    admitted: tuple[str, int] | None = None
+    admitted: tuple[tuple[str, int], ...] = ()
 
     def __bool__(self) -> bool:
         return self.ended
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    """What an enqueue did: the new job IDs, and the (job_id, seq) to send creates for."""
+
+    new: list[str]
+    admitted: list[tuple[str, int]]
 
 
 @dataclass(frozen=True)
@@ -69,6 +79,9 @@ class JobStore:
         "reopen",
         "pace",
         "lease",
+        "admit",
+        "requeue",
+        "repair",
     )
 
     def __init__(
@@ -79,10 +92,10 @@ class JobStore:
         self.always_deliver = always_deliver  # every ended job owes a delivery (archiving)
         sets = Registries(client)
         self.due, self.queued, self.held = sets.due, sets.queued, sets.held
-        self.inflight, self.slots, self.deliveries = sets.inflight, sets.slots, sets.deliveries
+        self.inflight, self.deliveries = sets.inflight, sets.deliveries
         self.parked = sets.parked
         lua = resources.files("workers") / "lua"
-        preamble = lua_constants()
+        preamble = lua_constants() + keys.lua_constants() + (lua / "lib" / "slots.lua").read_text()
         self._scripts = {
             name: client.register_script(preamble + (lua / f"{name}.lua").read_text())
             for name in self.SCRIPTS
@@ -104,11 +117,12 @@ class JobStore:
 
     def enqueue(self, batch_id: str, custom_id: str, request: dict[str, Any], line: int = 0) -> int:
         """Enqueue one job; 1 when new, 0 when (batch, custom_id) exists."""
-        return len(self.enqueue_many(batch_id, [(custom_id, json.dumps(request), line)]))
+        return len(self.enqueue_many(batch_id, [(custom_id, json.dumps(request), line)]).new)
 
-    def enqueue_many(self, batch_id: str, jobs: Sequence[tuple[str, str, int]]) -> list[str]:
-        """Enqueue jobs given as (custom_id, request JSON, line); the IDs of those that are
-        new, in order (a job whose (batch, custom_id) exists is left as it is). One script
+    def enqueue_many(self, batch_id: str, jobs: Sequence[tuple[str, str, int]]) -> Enqueued:
+        """Enqueue jobs given as (custom_id, request JSON, line): which are new, in order (a
+        job whose (batch, custom_id) exists is left as it is), and which to send creates for
+        now (all new ones without an in-flight cap; with one, those given a slot). One script
         per ENQUEUE_SLICE jobs (fewer when their requests pass ENQUEUE_SLICE_BYTES), all in
         one pipeline."""
         now = time.time()
@@ -117,20 +131,47 @@ class JobStore:
         pipe = self.redis.pipeline(transaction=False)
         job_ids = []
         args: list[str | int | float]
-        job_keys, args, size = list(shared), [batch_id, now], 0
+        job_keys, args, size = list(shared), [batch_id, now, self.max_in_flight], 0
         for custom_id, request, line in jobs:
             job_id = keys.job_id(batch_id, custom_id)
             job_ids.append(job_id)
             job_keys += (keys.job(job_id), keys.payload(job_id))
             args += (job_id, custom_id, request, line)
             size += len(request)
-            if len(args) >= 2 + 4 * ENQUEUE_SLICE or size >= ENQUEUE_SLICE_BYTES:
+            if len(args) >= 3 + 4 * ENQUEUE_SLICE or size >= ENQUEUE_SLICE_BYTES:
                 script(keys=job_keys, args=args, client=pipe)
-                job_keys, args, size = list(shared), [batch_id, now], 0
-        if len(args) > 2:
+                job_keys, args, size = list(shared), [batch_id, now, self.max_in_flight], 0
+        if len(args) > 3:
             script(keys=job_keys, args=args, client=pipe)
-        created = (flag for flags in pipe.execute() for flag in flags)
-        return [job_id for job_id, new in zip(job_ids, created, strict=True) if new]
+        answers = pipe.execute()
+        created = (flag for flags, _ in answers for flag in flags)
+        new = [job_id for job_id, flag in zip(job_ids, created, strict=True) if flag]
+        return Enqueued(new, [pair for _, admitted in answers for pair in pairs(admitted)])
+
+    def admit(self, count: int) -> list[tuple[str, int]]:
+        """Give up to ``count`` free in-flight slots to waiting jobs, fairly between batches:
+        (job_id, seq) to send creates for. The sweeper calls it for slots freed otherwise than
+        by a job's end; ``resume`` and priority changes call it at once."""
+        flat = self._scripts["admit"](keys=[], args=[self.max_in_flight, time.time(), count])
+        return list(pairs(flat))
+
+    def requeue_parked(self, batch_id: str, count: int) -> int:
+        """Move up to ``count`` jobs parked by the batch's pause or budget back to waiting for a
+        slot (``wanq resume``); how many moved. Admission then starts them."""
+        return int(
+            self._scripts["requeue"](
+                keys=[keys.batch_parked(batch_id), keys.batch(batch_id)],
+                args=[batch_id, count],
+            )
+        )
+
+    def waiting_for_slot(self, batch_id: str | None = None) -> int:
+        """Jobs that wait in Redis for an in-flight slot (of one batch, or of all)."""
+        batch_ids = [batch_id] if batch_id else texts(self.redis.zrange(keys.READY, 0, -1))
+        pipe = self.redis.pipeline(transaction=False)
+        for each in batch_ids:
+            pipe.zcard(keys.batch_ready(each))
+        return sum(int(n) for n in pipe.execute())
 
     def open_batch(self, batch_id: str, meta: dict[str, Any]) -> None:
         now = time.time()
@@ -278,7 +319,7 @@ class JobStore:
                 keys.DELIVER,
                 keys.batch_parked(batch_id),
                 keys.INFLIGHT,
-                keys.SLOTS,
+                keys.batch_ready(batch_id),
             ],
             args=[
                 job_id,
@@ -342,7 +383,7 @@ class JobStore:
         if reason == Hold.ACCOUNT:
             return self.held
         if reason == Hold.SLOT:
-            return self.slots
+            return JobSet(self.redis, keys.batch_ready(batch_id))
         return self.parked(batch_id)
 
     def release(self, zset: str, count: int) -> list[tuple[str, int]]:
@@ -404,20 +445,21 @@ class JobStore:
         self.redis.hset(keys.REPAIR_CURSOR, mapping={"batch": index, "offset": offset})
         return batch_id, list(job_ids)
 
-    def replace(self, job: Job, what: str, now: float) -> None:
-        """Put a misplaced job back where the sweeper will move it on (see sweeper.repair).
+    def repair(self, job: Job, now: float) -> str:
+        """Put the job back where the sweeper will move it on, if it is still misplaced when
+        the script looks (lua/repair.lua); what was fixed, or '' if nothing was."""
+        parked = self.parked_set(Hold(job.hold), job.batch).key if job.hold in HOLDS else ""
+        return text(
+            self._scripts["repair"](
+                keys=[keys.job(job.job_id), keys.batch(job.batch), keys.DUE, keys.QUEUED, parked],
+                args=[job.job_id, now],
+            )
+        )
 
-        Only adds, each NX, in one MULTI: repeating it, or racing a script that moved the job
-        meanwhile, leaves at worst an extra due entry, which the sweeper drops.
-        """
-        pipe = self.redis.pipeline(transaction=True)
-        if what == "untracked_in_flight":
-            pipe.zadd(keys.INFLIGHT, {job.job_id: now}, nx=True)
-        if what == "not_parked":
-            pipe.zadd(self.parked_set(Hold(job.hold), job.batch).key, {job.job_id: now}, nx=True)
-        else:
-            pipe.zadd(keys.DUE, {job.job_id: now}, nx=True)
-        pipe.execute()
+    def publish_cluster_settings(self) -> None:
+        """What every process must agree on, written by each worker as it starts: scripts
+        called with no cap of their own (a producer's) use this one."""
+        self.redis.hset(keys.CLUSTER, mapping={"max_in_flight": self.max_in_flight})
 
     def take_lease(self, name: str, holder: str, ttl: float) -> bool:
         return bool(self._scripts["lease"](keys=[name], args=[holder, int(ttl * 1000)]))
@@ -439,13 +481,13 @@ class JobStore:
 
 
 def finish_answer(raw: list[Any]) -> Finish:
-    ended, batch_ended, owed, admitted, admitted_seq = raw
-    return Finish(
-        bool(ended),
-        bool(batch_ended),
-        bool(owed),
-        (admitted, int(admitted_seq)) if admitted else None,
-    )
+    ended, batch_ended, owed, admitted = raw
+    return Finish(bool(ended), bool(batch_ended), bool(owed), pairs(admitted))
+
+
+def pairs(flat: list[Any]) -> tuple[tuple[str, int], ...]:
+    """A script's flat ``job_id, seq, job_id, seq, ...`` answer as (job_id, seq) pairs."""
+    return tuple((str(flat[i]), int(flat[i + 1])) for i in range(0, len(flat), 2))
 
 
 def _encode(value: Any) -> str:

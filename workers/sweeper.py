@@ -75,11 +75,9 @@ def sweep(store: JobStore, settings: Settings, send: Sender) -> dict[str, int]:
 
 def _admit(store: JobStore, cap: int) -> list[tuple[str, int]]:
     """Jobs waiting for an in-flight slot while slots are free (ending jobs admit one each;
-    this covers slots freed otherwise, and admissions whose message was lost)."""
-    if cap <= 0:
-        return []
-    free = cap - len(store.inflight)
-    return store.release(store.slots.key, min(free, CHUNK)) if free > 0 else []
+    this covers slots freed otherwise: a cap raised, a repair, a batch resumed or re-weighted).
+    Without a cluster cap, a batch's own max_in_flight still gates its jobs."""
+    return store.admit(CHUNK)
 
 
 def _overdue(store: JobStore, now: float, grace: float) -> list[tuple[str, str, int]]:
@@ -151,11 +149,10 @@ def repair(store: JobStore, now: float) -> int:
     if not job_ids:
         return fixed
     for job_id, job in zip(job_ids, store.job_records(job_ids), strict=True):
-        if job is None or job.state in TERMINAL:
+        if job is None or job.state in TERMINAL or not _misplaced(store, job):
             continue
-        what = _misplaced(store, job)
+        what = store.repair(job, now)  # checked again atomically: the job may have moved on
         if what:
-            store.replace(job, what, now)
             store.count(f"repaired_{what}")
             log.warning("repair: job %s (%s) was %s; put back", job_id, job.state, what)
             fixed += 1
@@ -194,11 +191,12 @@ def _misplaced(store: JobStore, job: Job) -> str:
     job_id = job.job_id
     due = store.due.when(job_id) is not None
     if job.state in (State.CREATING, State.RUNNING):
-        if store.inflight.when(job_id) is None and store.max_in_flight > 0:
+        if store.inflight.when(job_id) is None:
             return "untracked_in_flight"
         return "" if due else "not_due"
     if job.state == State.QUEUED:
-        return "" if due or store.queued.when(job_id) is not None else "not_queued"
+        waiting = store.parked_set(Hold.SLOT, job.batch).when(job_id) is not None
+        return "" if due or waiting or store.queued.when(job_id) is not None else "not_due"
     if job.state == State.WAITING:
         if job.hold in Hold._value2member_map_:
             parked = store.parked_set(Hold(job.hold), job.batch)

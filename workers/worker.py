@@ -55,6 +55,10 @@ class SweeperStep(bootsteps.StartStopStep):
         self._runtime = runtime_of(parent.app)
 
     def start(self, parent: Any) -> None:
+        try:
+            self._runtime.store.publish_cluster_settings()
+        except Exception:  # Redis down at start: the sweeper's loop retries below
+            log.exception("could not publish the cluster settings")
         holder = f"{socket.gethostname()}:{os.getpid()}"
         threading.Thread(target=self._run, args=(holder,), name="wanq-sweeper", daemon=True).start()
 
@@ -65,6 +69,7 @@ class SweeperStep(bootsteps.StartStopStep):
         rt = self._runtime
         while not self._stop.wait(rt.settings.sweep_interval):
             try:
+                rt.store.publish_cluster_settings()
                 if rt.store.take_lease(keys.SWEEPER_LEASE, holder, rt.settings.lease_ttl):
                     sweeper.sweep(rt.store, rt.settings, rt.send)
             except Exception:  # a sweep must never take the worker down

@@ -1,7 +1,8 @@
 -- Park a job: it waits in Redis, holding no message and no in-flight slot, until its account
 -- or batch lets it go on. One script, so no crash can leave a waiting job in no set.
 -- KEYS[1] job hash   KEYS[2] batch hash   KEYS[3] due zset   KEYS[4] queued zset
--- KEYS[5] the zset it parks in (held, slots or the batch's parked set)   KEYS[6] in-flight zset
+-- KEYS[5] the zset it parks in (held, the batch's ready set, or its parked set)
+-- KEYS[6] in-flight zset (its slot is freed through lib/slots.lua)
 -- ARGV[1] job_id   ARGV[2] expected seq   ARGV[3] hold reason   ARGV[4] detail   ARGV[5] now
 -- Returns 1 if parked, 0 if the job moved on (stale seq or a state that cannot park).
 local job_key, batch_key, due_key, queued_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -24,6 +25,11 @@ if state ~= S_WAITING then
 end
 redis.call('ZREM', due_key, job_id)
 redis.call('ZREM', queued_key, job_id)
-redis.call('ZADD', parked_key, 'NX', now, job_id)
-redis.call('ZREM', inflight_key, job_id)
+if reason == H_SLOT then
+  local where = redis.call('HMGET', job_key, 'batch', 'line')
+  wait_for_slot(job_id, where[1], tonumber(where[2] or 0) or 0)
+else
+  redis.call('ZADD', parked_key, 'NX', now, job_id)
+end
+slot_free(job_id, batch_key)
 return 1
