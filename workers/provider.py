@@ -10,6 +10,7 @@ The API key goes into the session's headers and nowhere else: never into message
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,10 +99,18 @@ class ProviderClient:
 
     def create(self, request: dict[str, Any]) -> str:
         """POST the request; the remote task ID, or a classified ProviderError."""
-        body = self._call("POST", self.settings.create_url, json=request)
+        try:
+            body = self._call("POST", self.settings.create_url, json=request)
+        except Transient as exc:
+            # A 5xx to a POST may come from a proxy after the provider made the task (a 502
+            # or 504 above all): its outcome is unknown, so it counts as a possible duplicate.
+            exc.ambiguous = exc.ambiguous or (exc.http_status or 0) >= 500
+            raise
         task_id = find_task_id(body, self.settings.task_id_field)
-        if not task_id:
-            raise Transient("create answer has no task ID", 200, body, unparseable=True)
+        if not task_id:  # the provider accepted it: a task exists that we cannot follow
+            raise Transient(
+                "create answer has no task ID", 200, body, unparseable=True, ambiguous=True
+            )
         return task_id
 
     def status(self, task_id: str) -> Status:
@@ -198,12 +207,19 @@ def _usage(data: dict[str, Any]) -> dict[str, Any]:
     return {k: usage[k] for k in ("cost", "discount", "image_count") if k in usage}
 
 
+MAX_COST_MICROS = 10**12  # $1M for one job: anything larger is not a price but an attack
+
+
 def cost_micros(usage: dict[str, Any]) -> int:
-    """usage.cost is a decimal string in USD; kept as integer micro-dollars to add up exactly."""
+    """usage.cost is a decimal string in USD; kept as integer micro-dollars to add up exactly.
+    Whatever the provider sends (NaN, Infinity, 1e300, negatives), the answer is bounded."""
     try:
-        return max(0, round(float(usage.get("cost", 0)) * 1_000_000))
-    except (TypeError, ValueError):
+        cost = float(usage.get("cost", 0))
+    except (TypeError, ValueError, OverflowError):
         return 0
+    if not math.isfinite(cost) or cost <= 0:
+        return 0
+    return min(MAX_COST_MICROS, round(cost * 1_000_000))
 
 
 def _unwrap(body: dict[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,12 @@
 -- The job's budget reservation and in-flight slot are given back here; the slot goes at once
 -- to the batch furthest below its share (lib/slots.lua; the admitted job's create is the
 -- caller's to send; it is put in the due set so a lost send is swept).
+-- Arguments are checked before the first write: a bad one must not leave half a step done.
+local cost_arg = tonumber(ARGV[5])
+if not cost_arg or cost_arg < 0 or cost_arg > 1e12 or cost_arg ~= math.floor(cost_arg)
+    or not tonumber(ARGV[4]) or not tonumber(ARGV[7]) then
+  return redis.error_reply('finish: cost, time and stream length must be bounded numbers')
+end
 local cur = redis.call('HMGET', KEYS[1], 'state', 'seq')
 local state, seq = cur[1], cur[2]
 if not state or state == 'succeeded' or state == 'failed' or state == 'cancelled' then
