@@ -120,3 +120,22 @@ def test_a_retry_follows_a_known_remote_task_instead_of_paying_again(make_cluste
     assert final.counts["succeeded"] == 4
     assert cluster.sim("/_sim/stats")["tasks_total"] == 4, "nothing was created twice"
     assert abs(final.cost - 4 * 0.03) < 1e-9, "the abandoned tasks' cost is counted"
+
+
+def test_event_ids_survive_a_replay_and_change_with_the_round(redis_url):
+    """A cut AOF replays a job's end: the stream entry and the webhook carry the same event ID
+    (job and round, no time in it), so a receiver can drop the repeat."""
+    store = JobStore.from_url(redis_url)
+    store.open_batch("b", {"state": "active"})
+    store.enqueue_many("b", [("j", REQUEST, 1)])
+    before = store.job("b:j")
+    store.finish("b:j", None, State.FAILED, {"job_id": "b:j"}, error_code="001021095")
+    first = store.redis.xrange(keys.RESULTS)[-1][1]["event_id"]
+    store.redis.delete(keys.job("b:j"))  # the end was lost with the AOF's last second...
+    store.redis.hset(keys.job("b:j"), mapping=before)  # ...and is replayed later
+    store.finish("b:j", None, State.FAILED, {"job_id": "b:j"}, error_code="001021095")
+    assert store.redis.xrange(keys.RESULTS)[-1][1]["event_id"] == first == "b:j:1"
+    seq, _ = store.reopen("b:j")
+    assert seq > 0
+    store.finish("b:j", None, State.SUCCEEDED, {"job_id": "b:j"})
+    assert store.job("b:j")["event_id"] == "b:j:2", "a new round is a new event"

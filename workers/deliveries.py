@@ -61,7 +61,7 @@ def _deliver_job(store: JobStore, settings: Settings, job_id: str, send: Sender)
         store.set_fields(keys.job(job_id), {"callback_sent": "1"})
     if batch.get("webhook_url"):
         event = {"type": "job.ended", "data": record}
-        msg_id = webhooks.message_id("job", job_id, job.get("completed_at", ""))
+        msg_id = webhooks.message_id("job", job.get("event_id") or job_id)  # job and round
         return _webhook(store, settings, keys.job(job_id), batch["webhook_url"], msg_id, event)
     return Outcome()
 
@@ -77,7 +77,7 @@ def _deliver_batch(store: JobStore, settings: Settings, batch_id: str, send: Sen
     outcome = Outcome()
     if batch.get("webhook_url"):
         event = {"type": "batch.ended", "data": counts}
-        msg_id = webhooks.message_id("batch", batch_id, batch.get("finished_at", ""))
+        msg_id = webhooks.message_id("batch", batch_id, batch.get("endings", "1"))
         outcome = _webhook(
             store, settings, keys.batch(batch_id), batch["webhook_url"], msg_id, event
         )

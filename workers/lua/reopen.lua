@@ -27,6 +27,8 @@ local history = (cur[7] and cur[7] ~= '') and cjson.decode(cur[7]) or {}
 table.insert(history, {error = err, attempts = tonumber(cur[4] or 0),
   remote_task_id = cur[5] or '', completed_at = cur[6] or ''})
 local new_seq = tonumber(cur[2]) + 1
+local round = tonumber(redis.call('HGET', job_key, 'round') or 1) + 1
+redis.call('HSET', job_key, 'round', round)
 redis.call('HINCRBY', batch_key, 'n:' .. S_FAILED, -1)
 if code ~= '' then
   redis.call('HINCRBY', codes_key, code, -1)
