@@ -117,13 +117,43 @@ def up(workers: int, sim: bool, redis_port: int, flower_port: int) -> None:
     out.print("stop it with: wanq down")
 
 
+DOWN_TIMEOUT = 30.0  # workers finish their current tasks, Redis writes its AOF
+DOWN_TIMEOUT_NO_REDIS = 3.0  # nothing to finish without Redis: workers would only retry it
+
+
 @click.command()
 def down() -> None:
-    """Stop the stack `wanq up` started (workers finish their current tasks; nothing is lost)."""
-    from ops.localstack import stop_recorded
+    """Stop the stack `wanq up` started (workers finish their current tasks; nothing is lost).
 
-    stopped = stop_recorded(config.load().data_path)
+    When the stack's Redis no longer answers, workers cannot finish or acknowledge anything
+    and would spend the whole grace period reconnecting: they are given a few seconds."""
+    from ops.localstack import running_stack, stop_recorded
+
+    data_path = config.load().data_path
+    up = running_stack(data_path)
+    timeout = DOWN_TIMEOUT
+    if up and not _answers(up.get("redis_url") or ""):
+        console.print("Redis is not answering: workers are stopped without waiting for it")
+        timeout = DOWN_TIMEOUT_NO_REDIS
+    stopped = stop_recorded(data_path, timeout=timeout)
     out.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+def _answers(redis_url: str) -> bool:
+    """True when the Redis at ``redis_url`` answers a PING within a second."""
+    import redis
+
+    from workers import connection
+
+    if not redis_url:
+        return False
+    try:
+        if connection.parse_sentinel(redis_url):
+            return bool(connection.connect(redis_url).ping())
+        client = redis.Redis.from_url(redis_url, socket_timeout=1, socket_connect_timeout=1)
+        return bool(client.ping())
+    except (redis.RedisError, ValueError, OSError):
+        return False
 
 
 @click.command()

@@ -48,6 +48,7 @@ def sweep(store: JobStore, settings: Settings) -> dict[str, int]:
         else:
             create.apply_async((job_id, seq))
         done["overdue"] += 1
+    store.redis.hset(keys.STATS, "in_flight_cap", settings.max_in_flight)  # for wanq metrics
     for job_id, seq in _admit(store, settings.max_in_flight):
         create.apply_async((job_id, seq))
         done["admitted"] += 1

@@ -13,7 +13,7 @@ for i = 1, (#KEYS - 3) / 2 do
     created[i] = 0
   else
     redis.call('HSET', job, 'batch', ARGV[1], 'custom_id', ARGV[a + 1], 'state', 'queued',
-      'seq', 0, 'attempts', 0, 'polls', 0, 'submitted_at', ARGV[2], 'line', ARGV[a + 3])
+      'seq', 0, 'attempts', 0, 'polls', 0, 'submitted_at', ARGV[2], 'line', ARGV[a + 3], 'req_sha1', redis.sha1hex(ARGV[a + 2]))
     redis.call('SET', KEYS[3 + 2 * i], ARGV[a + 2])
     created[i] = 1
     ids[#ids + 1] = ARGV[a]
