@@ -21,7 +21,7 @@ from workers.batches import batch_status
 from workers.config import Settings
 from workers.finalize import public_record
 from workers.schedule import RetryPolicy
-from workers.store import JobStore, State
+from workers.store import STREAM_MAXLEN, JobStore, State
 
 log = logging.getLogger("wanq.deliveries")
 
@@ -126,7 +126,17 @@ def archive_job(
         "archive_errors": json.dumps(problems),
     }
     store.redis.hset(keys.job(job_id), mapping=fields)
+    _announce_archived(store, job_id, {**job, **fields})
     return {**job, **fields}
+
+
+def _announce_archived(store: JobStore, job_id: str, job: dict[str, str]) -> None:
+    """A second ``wanq:results`` entry, ``event`` = ``archived``, once the outputs are saved:
+    its record's outputs carry ``path``, ``bytes`` and ``sha256``, so consumers of the stream
+    find the files without reading job hashes (the entry at the end has no ``event``)."""
+    entry = {"job_id": job_id, "state": job["state"], "event": "archived"}
+    entry["record"] = json.dumps(public_record(job_id, job))
+    store.redis.xadd(keys.RESULTS, entry, maxlen=STREAM_MAXLEN, approximate=True)
 
 
 def download_limits(settings: Settings) -> archive.DownloadLimits:
