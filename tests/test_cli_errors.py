@@ -274,3 +274,25 @@ def test_an_interrupted_run_prints_the_batch_and_how_to_resume(redis_url, tmp_pa
     assert "Traceback" not in stderr
     assert f"interrupted: batch {batch_id} is kept in Redis" in stderr
     assert f"wanq run {batch_file} --batch-id {batch_id}" in stderr
+
+
+def test_down_does_not_wait_on_workers_once_redis_has_died(tmp_path):
+    """Issue 15: `wanq down` took 32 s when Redis had died (workers spent the whole grace
+    period reconnecting). Now it sees Redis is gone and gives them a few seconds."""
+    from ops.localstack import alive, running_stack
+
+    env = {"WANQ_DATA_DIR": str(tmp_path / "data"), "WANQ_REDIS_URL": ""}
+    up = ("up", "--workers", "1", f"--redis-port={free_port()}", f"--flower-port={free_port()}")
+    started = wanq(*up, env=env)
+    stack = running_stack(tmp_path / "data")
+    try:
+        assert started.returncode == 0, started.stderr
+        redis_pid = next(p["pid"] for p in stack["processes"] if p["name"] == "redis")
+        os.killpg(redis_pid, signal.SIGKILL)
+        wait_for(lambda: not alive(redis_pid), "redis gone")
+    finally:
+        stopped = wanq("down", env=env)
+    plain(stopped)
+    assert stopped.returncode == 0
+    assert "Redis is not answering" in stopped.stderr
+    assert not any(alive(p["pid"]) for p in stack["processes"])
