@@ -16,26 +16,17 @@ import redis
 
 from ops.localstack import free_port, wait_for
 from producers import exits
+from tests import test_cli as cli_test
 from tests.conftest import WORKER_ENV, jobs
+from tests.test_cli import write_lines
 from workers import account, errors, keys
 
 UNREACHABLE = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
 
 
 def wanq(*args: str, env: dict[str, str] | None = None, stdin: str | None = None):
-    return subprocess.run(
-        [sys.executable, "-m", "producers.cli", *args],
-        env={**os.environ, **WORKER_ENV, **(env or {})},
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-def write_lines(path: Path, lines: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    return path
+    """``wanq ARGS`` with the test workers' settings on top of this environment."""
+    return cli_test.wanq(*args, env={**os.environ, **WORKER_ENV, **(env or {})}, stdin=stdin)
 
 
 def plain(result) -> list[str]:
