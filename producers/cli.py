@@ -468,9 +468,9 @@ def _resume_hint(batch_id: str, file: str, path: str | None, allow_invalid: bool
     )
     if any(p.name == "simulator" for p in stack.processes):
         console.print(
-            "the simulator this run started stops with it and forgets its tasks: jobs in "
-            "flight will end failed (001021098) when the run goes on; "
-            f"`wanq retry {batch_id}` re-runs them"
+            "the simulator this run started keeps its tasks in "
+            f"{escape(str(stack.data_dir / 'simulator'))} when it stops: the jobs in flight "
+            "are followed again when the run goes on"
         )
 
 

@@ -46,7 +46,7 @@ def local_parts(stack, settings: config.Settings, sim: bool | None, workers: int
         stack.start_redis()
         console.print(f"started redis-server (AOF on) at {stack.redis_url}")
     if want_sim:
-        stack.start_simulator()
+        stack.start_simulator(sim_state(settings))
         console.print(f"started the provider simulator at {stack.provider_url}")
     os.environ.update({k: v for k, v in stack.env.items() if k.startswith("WANQ_")})
     if local:
@@ -55,6 +55,14 @@ def local_parts(stack, settings: config.Settings, sim: bool | None, workers: int
             stack.start_worker(f"wanq{i + 1}")
         console.print(f"started {workers} workers; logs in {settings.data_path / 'logs'}")
     return config.load()
+
+
+def sim_state(settings: config.Settings) -> dict[str, str]:
+    """The simulator keeps its tasks under the data directory across a restart of the stack,
+    so a resumed ``wanq run`` follows the jobs that were in flight (``ops.simulator``)."""
+    from ops.simulator import STATE_FILE_VARIABLE
+
+    return {STATE_FILE_VARIABLE: str(settings.data_path / "simulator" / "tasks.json")}
 
 
 def print_flower(stack) -> None:
@@ -98,7 +106,9 @@ def up(workers: int, sim: bool, redis_port: int, flower_port: int) -> None:
         else:
             stack.start_redis(port=redis_port)
         if sim:
-            stack.start_simulator(port=urlsplit(settings.provider_url).port or 8765)
+            stack.start_simulator(
+                sim_state(settings), port=urlsplit(settings.provider_url).port or 8765
+            )
         stack.start_flower(port=flower_port, persistent=True)
         for i in range(workers):
             stack.start_worker(f"wanq{i + 1}")
