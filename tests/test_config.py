@@ -88,6 +88,13 @@ def test_defaults_cover_ten_second_to_ten_minute_generations():
         assert elapsed - generation <= max(0.2 * generation, 5.0), generation
 
 
+def test_a_prior_above_the_countdown_cap_is_accepted():
+    """WANQ_POLL_FIRST is also the pace of later polls, so it is not a contradiction (the
+    benchmark's long-generation phase gives 1500 s)."""
+    settings = config.load({"WANQ_POLL_FIRST": "1500"})
+    assert settings.poll_first == 1500 and settings.max_countdown == 300
+
+
 def test_good_values_load():
     settings = config.load(
         {

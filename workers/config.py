@@ -24,7 +24,8 @@ to 10 minutes (wan2.6 edits take about 80 s on average) without tuning:
 
 Setting any of the three by hand still works; settings that contradict each other (a
 countdown cap above half the visibility timeout, a poll interval or backoff above the cap)
-are refused rather than silently clamped.
+are refused rather than silently clamped. ``poll_first`` may exceed the cap: the first poll
+is then clamped, but the prior still sets the pace of the polls after it.
 """
 
 from __future__ import annotations
@@ -327,7 +328,7 @@ def _contradictions(settings: Settings, given: Mapping[str, object]) -> None:
             "countdown messages are redelivered while still pending (leave "
             "WANQ_VISIBILITY_TIMEOUT unset to derive it)"
         )
-    for name in ("poll_max_interval", "backoff_cap", "poll_first"):
+    for name in ("poll_max_interval", "backoff_cap"):  # poll_first also sets the poll pace
         if name in given and getattr(settings, name) > settings.max_countdown:
             raise ConfigError(
                 detail=f"{variable(name)} ({getattr(settings, name):g}) must not exceed "
