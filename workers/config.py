@@ -148,12 +148,15 @@ Check = tuple[Callable[[object], bool], str]
 REDIS_SCHEMES = ("redis", "rediss", "unix", "sentinel", "redis+sentinel")
 
 
-def _at_least(low: float) -> Check:
-    return (lambda v: v >= low, f"a number >= {low:g}")  # type: ignore[operator]
+def _bound(low: float, *, strict: bool = False, kind: str = "a number", note: str = "") -> Check:
+    """A lower bound on a number, with the words that say it."""
 
+    def accepted(value: object) -> bool:
+        number = float(value)  # type: ignore[arg-type]  # coerced to the field's type first
+        return number > low if strict else number >= low
 
-def _above(low: float) -> Check:
-    return (lambda v: v > low, f"a number > {low:g}")  # type: ignore[operator]
+    words = f"{kind} {'>' if strict else '>='} {low:g}" + (f" ({note})" if note else "")
+    return accepted, words
 
 
 def _redis_url(url: object) -> bool:
@@ -176,30 +179,30 @@ CHECKS: dict[str, Check] = {
         lambda v: str(v).startswith("/") and "{task_id}" in str(v),
         "a path starting with / that contains {task_id}",
     ),
-    "unit_price": _at_least(0),
-    "connect_timeout": _above(0),
-    "read_timeout": _above(0),
-    "max_attempts": (lambda v: v >= 1, "an integer >= 1"),  # type: ignore[operator]
-    "backoff_base": _above(0),
-    "backoff_cap": _above(0),
-    "poll_first": _above(0),
-    "poll_factor": _at_least(1),
-    "poll_max_interval": _above(0),
-    "poll_deadline": _above(0),
-    "poll_max_errors": (lambda v: v >= 1, "an integer >= 1"),  # type: ignore[operator]
-    "visibility_timeout": _above(0),
-    "max_countdown": _at_least(1),
-    "concurrency": (lambda v: v >= 1, "an integer >= 1 (threads per worker)"),  # type: ignore[operator]
-    "create_rate": (lambda v: v >= 0, "a number >= 0 (0: no limit)"),  # type: ignore[operator]
-    "poll_rate": (lambda v: v >= 0, "a number >= 0 (0: no limit)"),  # type: ignore[operator]
-    "max_in_flight": (lambda v: v >= 0, "an integer >= 0 (0: no cap)"),  # type: ignore[operator]
-    "sweep_interval": _above(0),
-    "sweep_grace": _above(0),
-    "lease_ttl": _above(0),
-    "account_probe_interval": _above(0),
-    "archive_max_bytes": (lambda v: v >= 1, "an integer >= 1 (bytes)"),  # type: ignore[operator]
+    "unit_price": _bound(0),
+    "connect_timeout": _bound(0, strict=True),
+    "read_timeout": _bound(0, strict=True),
+    "max_attempts": _bound(1, kind="an integer"),
+    "backoff_base": _bound(0, strict=True),
+    "backoff_cap": _bound(0, strict=True),
+    "poll_first": _bound(0, strict=True),
+    "poll_factor": _bound(1),
+    "poll_max_interval": _bound(0, strict=True),
+    "poll_deadline": _bound(0, strict=True),
+    "poll_max_errors": _bound(1, kind="an integer"),
+    "visibility_timeout": _bound(0, strict=True),
+    "max_countdown": _bound(1),
+    "concurrency": _bound(1, kind="an integer", note="threads per worker"),
+    "create_rate": _bound(0, note="0: no limit"),
+    "poll_rate": _bound(0, note="0: no limit"),
+    "max_in_flight": _bound(0, kind="an integer", note="0: no cap"),
+    "sweep_interval": _bound(0, strict=True),
+    "sweep_grace": _bound(0, strict=True),
+    "lease_ttl": _bound(0, strict=True),
+    "account_probe_interval": _bound(0, strict=True),
+    "archive_max_bytes": _bound(1, kind="an integer", note="bytes"),
     "webhook_secret": (lambda v: not v or str(v).startswith("whsec_"), "empty or whsec_..."),
-    "webhook_attempts": (lambda v: v >= 1, "an integer >= 1"),  # type: ignore[operator]
+    "webhook_attempts": _bound(1, kind="an integer"),
     "log_format": (lambda v: v in ("text", "json"), "text or json"),
 }
 SECRETS = ("api_key", "webhook_secret")
