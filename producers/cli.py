@@ -17,10 +17,11 @@ from producers.terminal import console, out
 from producers.validation import ValidationOptions
 from workers import config, errors
 from workers.errors import message_for
+from workers.store import ALL_STATES
 
 EXIT_INVALID = exits.REFUSED
 EXIT_UNREADABLE = exits.UNREADABLE
-STATES = ("queued", "creating", "running", "waiting", "succeeded", "failed", "cancelled")
+STATES = tuple(state.value for state in ALL_STATES)
 
 
 def _options(source: str, truncate: bool, probe: bool) -> ValidationOptions:

@@ -66,6 +66,9 @@ class Group(click.Group):
 
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:  # click would say "Aborted!" and exit 1
+            console.print("interrupted: what was already submitted goes on in the cluster")
+            ctx.exit(INTERRUPTED)
         except Exception as exc:  # sorted by plain(); bugs are re-raised
             answer = plain(exc, _redis_url())
             if answer is None:

@@ -287,3 +287,31 @@ def test_down_does_not_wait_on_workers_once_redis_has_died(tmp_path):
     assert stopped.returncode == 0
     assert "Redis is not answering" in stopped.stderr
     assert not any(alive(p["pid"]) for p in stack["processes"])
+
+
+def test_ctrl_c_in_any_command_is_exit_130_without_a_traceback(redis_url, batch_file):
+    env = {**os.environ, **WORKER_ENV, "WANQ_REDIS_URL": redis_url}
+    assert wanq("submit", str(batch_file), "--batch-id", "w1", env=env).returncode == 0
+    process = subprocess.Popen(
+        [sys.executable, "-m", "producers.cli", "watch", "w1"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: _watching(process.pid), "wanq watch polling", 30)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == exits.INTERRUPTED, stderr
+    assert "Traceback" not in stderr and "interrupted" in stderr
+
+
+def _watching(pid: int) -> bool:
+    """The command has imported its way to the watch loop: it holds a Redis connection."""
+    return any(
+        "socket" in os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")
+    )
