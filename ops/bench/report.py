@@ -309,10 +309,10 @@ def _cost(res: Results) -> list[Figure]:
             f"all {held.jobs:,} in flight on 1 process, polls on time",
             held.reached >= held.jobs and held.overdue_steps == 0,
             "the memory: the countdown messages the worker holds (one per job) and its heap; "
-            "the count: with the long-generation settings (countdowns up to 300 s, polls at "
-            f"most 120 s apart: about {needed:.0f} polls/s once due) one process starts and "
-            "follows them; with the default 30 s countdown cap each held job would wake the "
-            "worker every 30 s (10,000 jobs: 333 polls/s, about one process's whole CPU)",
+            "the count: with the defaults (countdowns up to 300 s, polls at most 120 s "
+            f"apart: about {needed:.0f} polls/s once due) one process starts and follows "
+            "them; with the old 30 s countdown cap each held job would wake the worker every "
+            "30 s (10,000 jobs: 333 polls/s, about one process's whole CPU)",
             f"{held.reached:,} of {held.jobs:,} in flight after {held.seconds_to_reach:.1f} s; "
             f"RSS idle {held.rss_idle_mb:.0f} MB, all in flight {held.rss_mb:.0f} MB, peak "
             f"{held.rss_peak_mb:.0f} MB ({held.rss_per_job_kb:.1f} KB per job, linearly "
