@@ -442,10 +442,15 @@ def run(
         console.print(f"{written} results written to {target}")
         if settings.archive_dir:
             console.print(f"outputs archived under {Path(settings.archive_dir) / report.batch_id}")
+    except TimeoutError:
+        console.print(f"[yellow]batch {batch_id} not finished after --timeout {timeout:g} s[/]")
+        _resume_hint(batch_id, file, path, allow_invalid, stack)
+        sys.exit(EXIT_INVALID)
     except (KeyboardInterrupt, SystemExit) as stop:
         signalled = isinstance(stop, KeyboardInterrupt) or (stop.code or 0) >= 128
         if not (submitting and signalled):
             raise
+        console.print("\n[yellow]interrupted[/]")
         _resume_hint(batch_id, file, path, allow_invalid, stack)
         code = exits.INTERRUPTED if isinstance(stop, KeyboardInterrupt) else stop.code
         raise SystemExit(code) from None
@@ -463,7 +468,7 @@ def _resume_hint(batch_id: str, file: str, path: str | None, allow_invalid: bool
     again += ["--allow-invalid"] if allow_invalid else []
     again += ["--out", path] if path else []
     console.print(
-        f"\ninterrupted: batch [bold]{batch_id}[/] is kept in Redis; go on with\n"
+        f"\nbatch [bold]{batch_id}[/] is kept in Redis; go on with\n"
         f"  {escape(shlex.join(again))}\n"
         f"(identical lines are not enqueued twice; `wanq status {batch_id}` shows where it is)"
     )

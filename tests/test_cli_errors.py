@@ -263,7 +263,7 @@ def test_an_interrupted_run_prints_the_batch_and_how_to_resume(redis_url, tmp_pa
             process.kill()
     assert process.returncode == exits.INTERRUPTED, stderr
     assert "Traceback" not in stderr
-    assert f"interrupted: batch {batch_id} is kept in Redis" in stderr
+    assert f"batch {batch_id} is kept in Redis" in stderr
     assert f"wanq run {batch_file} --batch-id {batch_id}" in stderr
 
 
@@ -315,3 +315,13 @@ def _watching(pid: int) -> bool:
     return any(
         "socket" in os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")
     )
+
+
+def test_a_run_past_its_timeout_says_so_and_how_to_go_on(redis_url, batch_file):
+    """No workers listen: the run gives up after --timeout, in words, not a traceback."""
+    env = {"WANQ_REDIS_URL": redis_url}
+    result = wanq("run", str(batch_file), "--no-sim", "--batch-id", "t1", "--timeout", "1", env=env)
+    plain(result)
+    assert result.returncode == exits.REFUSED
+    assert "batch t1 not finished after --timeout 1 s" in result.stderr
+    assert f"wanq run {batch_file} --batch-id t1" in result.stderr
