@@ -82,6 +82,10 @@ def _configuration(settings: config.Settings) -> Check:
             f"WANQ_API_KEY is not set, but the provider is {settings.provider_url}",
         )
     shown = f"provider {settings.provider_url}" + (" (local: the simulator?)" if local else "")
+    shown += (
+        f"; countdowns up to {settings.max_countdown:g} s under a "
+        f"{settings.visibility_timeout:g} s visibility timeout"
+    )
     return Check("configuration", OK, shown)
 
 

@@ -200,6 +200,8 @@ def test_resume_and_status_say_a_budget_stop_still_holds(redis_url, batch_file):
     status = wanq("status", "m1", env=env)
     assert "Creation stopped by the budget" in status.stdout
     assert "wanq resume m1 --max-cost HIGHER" in status.stdout
+    notes = json.loads(wanq("status", "m1", "--json", env=env).stdout)["notes"]
+    assert any("--max-cost HIGHER" in note for note in notes)
 
     resumed = wanq("resume", "m1", env=env)
     plain(resumed)

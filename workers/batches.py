@@ -90,6 +90,7 @@ class BatchStatus:
             "in_flight_worst_case_usd": round(self.reserved, 6),
             "failures_by_code": self.failures,
             "account": self.account_block or None,
+            "notes": self.explain(),  # what holds the batch back, and what to do
             "done": self.done,
             "submitted_at": self.submitted_at,
             "finished_at": self.finished_at,
