@@ -4,6 +4,7 @@ starts what is missing."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -210,8 +211,15 @@ def metrics(port: int, addr: str) -> None:
 def sim(host: str, port: int) -> None:
     """Run the provider simulator (settings from WANQ_SIM_* variables)."""
     from ops import simulator
+    from workers.errors import ConfigError
 
-    simulator.serve(host=host, port=port, config=simulator.config_from_env(os.environ))
+    try:
+        sim_config = simulator.config_from_env(os.environ)
+    except ValueError as exc:  # one line naming the WANQ_SIM_ variable, exit 3
+        name, _, why = str(exc).partition(": ")
+        known = name in {f.name for f in dataclasses.fields(simulator.SimConfig)}
+        raise ConfigError(detail=f"WANQ_SIM_{name.upper()}: {why}" if known else str(exc)) from None
+    simulator.serve(host=host, port=port, config=sim_config)
 
 
 COMMANDS = (up, down, doctor, metrics, sim)

@@ -327,3 +327,10 @@ def test_a_run_past_its_timeout_says_so_and_how_to_go_on(redis_url, batch_file):
     assert result.returncode == exits.REFUSED
     assert "batch t1 not finished after --timeout 1 s" in result.stderr
     assert f"wanq run {batch_file} --batch-id t1" in result.stderr
+
+
+def test_a_bad_simulator_setting_is_one_line_naming_it():
+    result = wanq("sim", "--port", "0", env={"WANQ_SIM_LATENCY": "abc"})
+    lines = plain(result)
+    assert result.returncode == exits.CONFIG
+    assert len(lines) == 1 and lines[0].startswith("WANQ_SIM_LATENCY: ")
