@@ -64,9 +64,9 @@ def test_one_setting_derives_the_visibility_timeout_and_the_poll_cap():
     defaults = config.load({})
     assert defaults.max_countdown == 300
     assert defaults.visibility_timeout == 3 * defaults.max_countdown
-    assert defaults.poll_max_interval == 0.4 * defaults.max_countdown
+    assert defaults.poll_max_interval == 0.25 * defaults.max_countdown
     short = config.load({"WANQ_MAX_COUNTDOWN": "20"})
-    assert (short.visibility_timeout, short.poll_max_interval) == (60, 8)
+    assert (short.visibility_timeout, short.poll_max_interval) == (60, 5)
     # a value set by hand wins over the derivation, as long as it agrees
     assert config.load({"WANQ_VISIBILITY_TIMEOUT": "700"}).visibility_timeout == 700
 
@@ -78,7 +78,7 @@ def test_defaults_cover_ten_second_to_ten_minute_generations():
 
     settings = config.load({})
     assert schedule.first_poll_delay(300.0, settings) == pytest.approx(270.0)
-    for generation in (10.0, 80.0, 600.0):
+    for generation in (10.0, 80.0, 300.0, 600.0):
         elapsed = schedule.first_poll_delay(generation, settings)
         polls = 1
         while elapsed < generation:

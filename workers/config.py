@@ -18,9 +18,11 @@ to 10 minutes (wan2.6 edits take about 80 s on average) without tuning:
   that is safe, the third leaves room for a slow acknowledgement. Its cost: an unstarted
   message of a SIGKILLed worker comes back after it; steps already claimed are re-sent by
   the sweeper after ``sweep_grace`` whatever this is.
-- ``poll_max_interval`` unset (0) means 0.4x ``max_countdown`` (120 s): after a missed poll
+- ``poll_max_interval`` unset (0) means 0.25x ``max_countdown`` (75 s): after a missed poll
   the interval grows from 8 % of the generation time; the cap only matters for generations
-  of minutes, where 120 s keeps polls per job near 3 and the lag under a fifth of the run.
+  of minutes. In a model of the schedule (``tests/test_config.py``), 10 s / 80 s / 5 min /
+  10 min generations take 3 / 3 / 3 / 6 polls with a lag of 1 / 6 / 24 / 34 s; a 120 s cap
+  gives the same polls but 95 s of lag at 10 min, a 45 s cap 8 polls and 16 s.
 
 Setting any of the three by hand still works; settings that contradict each other (a
 countdown cap above half the visibility timeout, a poll interval or backoff above the cap)
@@ -49,7 +51,7 @@ def _default_data_dir() -> str:
 
 
 VISIBILITY_PER_COUNTDOWN = 3.0
-INTERVAL_PER_COUNTDOWN = 0.4
+INTERVAL_PER_COUNTDOWN = 0.25
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ class Settings:
     # polling schedule
     poll_first: float = 8.0  # first poll delay before any generation time is observed
     poll_factor: float = 1.25
-    poll_max_interval: float = 0.0  # 0: derived, 0.4 x max_countdown (module docstring)
+    poll_max_interval: float = 0.0  # 0: derived, 0.25 x max_countdown (module docstring)
     poll_deadline: float = 1800.0  # seconds after creation before a job fails with 001021098
     poll_max_errors: int = 8  # consecutive failed status checks before 001021098
     # broker safety (see module docstring)
@@ -234,7 +236,7 @@ DOCS: dict[str, str] = {
     "backoff_cap": "longest retry delay (Retry-After may ask for more, up to max_countdown)",
     "poll_first": "first poll delay until a generation time has been observed",
     "poll_factor": "growth of the interval between polls (>= 1)",
-    "poll_max_interval": "longest interval between polls; 0: 0.4 x WANQ_MAX_COUNTDOWN",
+    "poll_max_interval": "longest interval between polls; 0: 0.25 x WANQ_MAX_COUNTDOWN",
     "poll_deadline": "seconds after creation before a job fails with 001021098",
     "poll_max_errors": "consecutive failed status checks before 001021098 (001021096 if "
     "unreadable)",
