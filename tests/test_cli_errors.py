@@ -247,23 +247,15 @@ def test_submit_probes_image_urls_when_asked(redis_url, tmp_path):
 def test_an_interrupted_run_prints_the_batch_and_how_to_resume(redis_url, tmp_path, batch_file):
     """No workers listen, so the run waits; Ctrl-C (SIGINT) then says how to go on."""
     env = {**os.environ, **WORKER_ENV, "WANQ_REDIS_URL": redis_url, "WANQ_DATA_DIR": str(tmp_path)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "producers.cli", "run", str(batch_file), "--no-sim"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
     client = redis.Redis.from_url(redis_url, decode_responses=True)
-    try:
-        batch_id = wait_for(lambda: client.zrange(keys.BATCHES, 0, 0), "the submission", 60)[0]
-        wait_for(lambda: client.hget(keys.batch(batch_id), "total") == "3", "the jobs", 60)
-        process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == exits.INTERRUPTED, stderr
+
+    def submitted(_pid: int) -> bool:
+        batch = client.zrange(keys.BATCHES, 0, 0)
+        return bool(batch) and client.hget(keys.batch(batch[0]), "total") == "3"
+
+    code, stderr = interrupt(("run", str(batch_file), "--no-sim"), env, submitted)
+    batch_id = client.zrange(keys.BATCHES, 0, 0)[0]
+    assert code == exits.INTERRUPTED, stderr
     assert "Traceback" not in stderr
     assert f"batch {batch_id} is kept in Redis" in stderr
     assert f"wanq run {batch_file} --batch-id {batch_id}" in stderr
@@ -294,21 +286,8 @@ def test_down_does_not_wait_on_workers_once_redis_has_died(tmp_path):
 def test_ctrl_c_in_any_command_is_exit_130_without_a_traceback(redis_url, batch_file):
     env = {**os.environ, **WORKER_ENV, "WANQ_REDIS_URL": redis_url}
     assert wanq("submit", str(batch_file), "--batch-id", "w1", env=env).returncode == 0
-    process = subprocess.Popen(
-        [sys.executable, "-m", "producers.cli", "watch", "w1"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_for(lambda: _watching(process.pid), "wanq watch polling", 30)
-        process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == exits.INTERRUPTED, stderr
+    code, stderr = interrupt(("watch", "w1"), env, _watching)
+    assert code == exits.INTERRUPTED, stderr
     assert "Traceback" not in stderr and "interrupted" in stderr
 
 
@@ -334,3 +313,22 @@ def test_a_bad_simulator_setting_is_one_line_naming_it():
     lines = plain(result)
     assert result.returncode == exits.CONFIG
     assert len(lines) == 1 and lines[0].startswith("WANQ_SIM_LATENCY: ")
+
+
+def interrupt(args: tuple[str, ...], env: dict[str, str], ready) -> tuple[int, str]:
+    """Run ``wanq ARGS``, SIGINT it once ``ready(pid)`` holds (polled); (code, stderr)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "producers.cli", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: ready(process.pid), f"wanq {args[0]} under way", 60)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    return process.returncode, stderr
