@@ -8,25 +8,33 @@ simulator): ``ops`` imports ``producers`` and ``workers``, never the other way r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
+import shlex
 import signal
 import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import click
+import redis
+from rich.markup import escape
 
 from ops import doctor as checks
 from ops import simulator
 from ops.localstack import LocalStack, StackError, running_stack, stop_recorded
+from ops.simulator import STATE_FILE_VARIABLE
+from producers import exits
 from producers.api import write_results
-from producers.cli import _client, _submit
+from producers.cli import EXIT_INVALID, _client, _submit
 from producers.progress import Stopwatch, summary_table, watch
+from producers.submit import check_batch_id, new_batch_id
 from producers.terminal import console, out
-from workers import config
+from workers import config, connection
 from workers import metrics as job_metrics
+from workers.errors import ConfigError
 
 
 def exit_on_signal(signum: int, _frame: object) -> None:
@@ -60,7 +68,7 @@ def local_parts(stack, settings: config.Settings, sim: bool | None, workers: int
         stack.start_redis()
         console.print(f"started redis-server (AOF on) at {stack.redis_url}")
     if want_sim:
-        stack.start_simulator()
+        stack.start_simulator(sim_state(settings))
         console.print(f"started the provider simulator at {stack.provider_url}")
     os.environ.update({k: v for k, v in stack.env.items() if k.startswith("WANQ_")})
     if local:
@@ -69,6 +77,13 @@ def local_parts(stack, settings: config.Settings, sim: bool | None, workers: int
             stack.start_worker(f"wanq{i + 1}")
         console.print(f"started {workers} workers; logs in {settings.data_path / 'logs'}")
     return config.load()
+
+
+def sim_state(settings: config.Settings) -> dict[str, str]:
+    """The simulator keeps its tasks under the data directory across a restart of the stack,
+    so a resumed ``wanq run`` follows the jobs that were in flight (``ops.simulator``)."""
+
+    return {STATE_FILE_VARIABLE: str(settings.data_path / "simulator" / "tasks.json")}
 
 
 def print_flower(stack) -> None:
@@ -108,7 +123,9 @@ def up(workers: int, sim: bool, redis_port: int, flower_port: int) -> None:
         else:
             stack.start_redis(port=redis_port)
         if sim:
-            stack.start_simulator(port=urlsplit(settings.provider_url).port or 8765)
+            stack.start_simulator(
+                sim_state(settings), port=urlsplit(settings.provider_url).port or 8765
+            )
         stack.start_flower(port=flower_port, persistent=True)
         for i in range(workers):
             stack.start_worker(f"wanq{i + 1}")
@@ -127,12 +144,37 @@ def up(workers: int, sim: bool, redis_port: int, flower_port: int) -> None:
     out.print("stop it with: wanq down")
 
 
+DOWN_TIMEOUT = 30.0  # workers finish their current tasks, Redis writes its AOF
+DOWN_TIMEOUT_NO_REDIS = 3.0  # nothing to finish without Redis: workers would only retry it
+
+
 @click.command()
 def down() -> None:
-    """Stop the stack `wanq up` started (workers finish their current tasks; nothing is lost)."""
+    """Stop the stack `wanq up` started (workers finish their current tasks; nothing is lost).
 
-    stopped = stop_recorded(config.load().data_path)
+    When the stack's Redis no longer answers, workers cannot finish or acknowledge anything
+    and would spend the whole grace period reconnecting: they are given a few seconds."""
+    data_path = config.load().data_path
+    up = running_stack(data_path)
+    timeout = DOWN_TIMEOUT
+    if up and not _answers(up.get("redis_url") or ""):
+        console.print("Redis is not answering: workers are stopped without waiting for it")
+        timeout = DOWN_TIMEOUT_NO_REDIS
+    stopped = stop_recorded(data_path, timeout=timeout)
     out.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+def _answers(redis_url: str) -> bool:
+    """True when the Redis at ``redis_url`` answers a PING within a second."""
+    if not redis_url:
+        return False
+    try:
+        if connection.parse_sentinel(redis_url):
+            return bool(connection.connect(redis_url).ping())
+        client = redis.Redis.from_url(redis_url, socket_timeout=1, socket_connect_timeout=1)
+        return bool(client.ping())
+    except (redis.RedisError, ValueError, OSError):
+        return False
 
 
 @click.command()
@@ -175,7 +217,13 @@ def metrics(port: int, addr: str) -> None:
 def sim(host: str, port: int) -> None:
     """Run the provider simulator (settings from WANQ_SIM_* variables)."""
 
-    simulator.serve(host=host, port=port, config=simulator.config_from_env(os.environ))
+    try:
+        sim_config = simulator.config_from_env(os.environ)
+    except ValueError as exc:  # one line naming the WANQ_SIM_ variable, exit 3
+        name, _, why = str(exc).partition(": ")
+        known = name in {f.name for f in dataclasses.fields(simulator.SimConfig)}
+        raise ConfigError(detail=f"WANQ_SIM_{name.upper()}: {why}" if known else str(exc)) from None
+    simulator.serve(host=host, port=port, config=sim_config)
 
 
 @click.command()
@@ -207,11 +255,14 @@ def run(
         signal.signal(signum, exit_on_signal)
 
     settings = config.load()
+    batch_id = check_batch_id(batch_id or new_batch_id())  # known before anything is sent
     stack = LocalStack(settings.data_path)
+    submitting = False
     try:
         settings = local_parts(stack, settings, sim, workers)
         client = _client(settings)
         clock = Stopwatch()
+        submitting = True
         report = _submit(client, file, batch_id, allow_invalid, False)
         print_flower(stack)
         final = watch(client, report.batch_id, console, timeout=timeout)
@@ -223,10 +274,40 @@ def run(
         console.print(f"{written} results written to {target}")
         if settings.archive_dir:
             console.print(f"outputs archived under {Path(settings.archive_dir) / report.batch_id}")
+    except TimeoutError:
+        console.print(f"[yellow]batch {batch_id} not finished after --timeout {timeout:g} s[/]")
+        _resume_hint(batch_id, file, path, allow_invalid, stack)
+        sys.exit(EXIT_INVALID)
+    except (KeyboardInterrupt, SystemExit) as stop:
+        signalled = isinstance(stop, KeyboardInterrupt) or (stop.code or 0) >= 128
+        if not (submitting and signalled):
+            raise
+        console.print("\n[yellow]interrupted[/]")
+        _resume_hint(batch_id, file, path, allow_invalid, stack)
+        code = exits.INTERRUPTED if isinstance(stop, KeyboardInterrupt) else stop.code
+        raise SystemExit(code) from None
     finally:
         if stack.processes:
             console.print("stopping what wanq run started ...")
             stack.stop()
+
+
+def _resume_hint(batch_id: str, file: str, path: str | None, allow_invalid: bool, stack) -> None:
+    """What an interrupted ``wanq run`` leaves and the command that goes on with it."""
+    again = ["wanq", "run", file, "--batch-id", batch_id]
+    again += ["--allow-invalid"] if allow_invalid else []
+    again += ["--out", path] if path else []
+    console.print(
+        f"\nbatch [bold]{batch_id}[/] is kept in Redis; go on with\n"
+        f"  {escape(shlex.join(again))}\n"
+        f"(identical lines are not enqueued twice; `wanq status {batch_id}` shows where it is)"
+    )
+    if any(p.name == "simulator" for p in stack.processes):
+        console.print(
+            "the simulator this run started keeps its tasks in "
+            f"{escape(str(stack.data_dir / 'simulator'))} when it stops: the jobs in flight "
+            "are followed again when the run goes on"
+        )
 
 
 COMMANDS = (run, up, down, doctor, metrics, sim)

@@ -2,12 +2,14 @@
 
 Each check answers one question an operator would ask at 3 am (is Redis there, will it keep
 the jobs through a restart, does every queue have a worker, does the provider take our key)
-and says what to do when the answer is no. Checks never change anything.
+and says what to do when the answer is no. Checks never change anything, and the doctor
+never crashes: a setting that is not accepted, a URL it cannot use or any error inside a check
+becomes a FAIL line naming it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -32,22 +34,34 @@ def run(environ: dict[str, str] | None = None, worker_timeout: float = 3.0) -> l
     """Every check, in the order a problem would be chased down."""
     try:
         settings = config.load(environ)
-    except ValueError as exc:
+    except ValueError as exc:  # ConfigError: one line naming the variable
         return [Check("configuration", FAIL, str(exc))]
-    checks = [_configuration(settings)]
-    client = _redis(settings.broker_url)
+    checks = _guarded("configuration", lambda: [_configuration(settings)])
     try:
+        client = _redis(settings.broker_url)
         client.ping()
-    except redis.RedisError as exc:
+    except (redis.RedisError, ValueError, OSError) as exc:
         where = config.safe_url(settings.broker_url)
-        checks.append(Check("redis", FAIL, f"cannot reach Redis at {where}: {exc}"))
-        return [*checks, _provider(settings)]
+        checks.append(Check("redis", FAIL, f"cannot reach Redis at {where}: {_line(exc)}"))
+        return [*checks, *_guarded("provider", lambda: [_provider(settings)])]
     checks.append(Check("redis", OK, f"{config.safe_url(settings.broker_url)} answers"))
-    checks += list(_persistence(client))
-    checks += list(_workers(settings, worker_timeout))
-    checks.append(_account(client))
-    checks.append(_provider(settings))
+    checks += _guarded("persistence", lambda: _persistence(client))
+    checks += _guarded("workers", lambda: _workers(settings, worker_timeout))
+    checks += _guarded("account", lambda: [_account(client)])
+    checks += _guarded("provider", lambda: [_provider(settings)])
     return checks
+
+
+def _guarded(name: str, check: Callable[[], Iterable[Check]]) -> list[Check]:
+    """A check's lines, or one FAIL line if it raised: the doctor itself never crashes."""
+    try:
+        return list(check())
+    except Exception as exc:  # an unexpected answer is a finding, not a crash
+        return [Check(name, FAIL, f"the check could not run: {type(exc).__name__}: {_line(exc)}")]
+
+
+def _line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _redis(url: str) -> redis.Redis:
@@ -69,6 +83,10 @@ def _configuration(settings: config.Settings) -> Check:
             f"WANQ_API_KEY is not set, but the provider is {settings.provider_url}",
         )
     shown = f"provider {settings.provider_url}" + (" (local: the simulator?)" if local else "")
+    shown += (
+        f"; countdowns up to {settings.max_countdown:g} s under a "
+        f"{settings.visibility_timeout:g} s visibility timeout"
+    )
     return Check("configuration", OK, shown)
 
 

@@ -12,6 +12,12 @@ HTTP. The API key is never logged: aiohttp's access log is off.
 
 Admin endpoints (no auth): ``GET /_sim/stats``, ``GET|POST /_sim/config``,
 ``GET /_sim/tasks/{task_id}``.
+
+With ``WANQ_SIM_STATE_FILE`` set (``wanq run`` and ``wanq up --sim`` set it under the data
+directory), the tasks are written there when the server stops (SIGTERM/SIGINT) and read back
+when it starts, their clocks carried over in wall time: a stack stopped and started again, as
+an interrupted ``wanq run`` run again, still answers for the tasks it created before instead
+of 404 (a SIGKILLed simulator keeps nothing: there is no write per request).
 """
 
 from __future__ import annotations
@@ -54,6 +60,8 @@ COUNTERS = (
     "key_in_body",  # creates whose body contained the caller's own API key
 )
 FAULT_KINDS = ("5xx", "429", "slow", "broken", "502_after_create")
+STATE_FILE_VARIABLE = "WANQ_SIM_STATE_FILE"  # not a SimConfig field: read by main() only
+STATE_KEEP_SECONDS = 24 * 3600  # tasks ended longer ago are not kept (their URLs would expire)
 SERVER_ERRORS = {500: "Internal server error", 502: "Bad gateway", 503: "Service unavailable"}
 PLACEHOLDER_IMAGE_URL = "https://sim.invalid/local-file.png"
 BROKEN_BODY = '{"status": "compl'
@@ -423,10 +431,14 @@ class Simulator:
         )
 
 
+SIMULATOR = web.AppKey("simulator", Simulator)
+
+
 def build_app(config: SimConfig) -> web.Application:
     """The simulator as an aiohttp application (routes from the config's paths)."""
     sim = Simulator(config)
     app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app[SIMULATOR] = sim
     app.router.add_post(config.create_path, sim.create)
     app.router.add_get(config.status_path, sim.status)
     app.router.add_get(r"/files/{task_id}/{index:\d+}.png", sim.file)
@@ -453,8 +465,13 @@ def _write_ready(path: str, address: str) -> None:
     os.replace(tmp, path)
 
 
-async def _serve(host: str, port: int, config: SimConfig, ready_file: str | None) -> None:
-    runner = web.AppRunner(build_app(config), access_log=None, handle_signals=False)
+async def _serve(
+    host: str, port: int, config: SimConfig, ready_file: str | None, state_file: str | None = None
+) -> None:
+    app = build_app(config)
+    if state_file:
+        app[SIMULATOR].tasks.update(load_tasks(state_file))
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     sock = _bind(host, port)
     await web.SockSite(runner, sock, backlog=1024).start()
@@ -470,6 +487,43 @@ async def _serve(host: str, port: int, config: SimConfig, ready_file: str | None
         await stop.wait()
     finally:
         await runner.cleanup()
+        if state_file:
+            save_tasks(state_file, app[SIMULATOR].tasks)
+
+
+def save_tasks(path: str, tasks: Mapping[str, Task]) -> None:
+    """Every task as JSON, its monotonic creation time as wall time (write-then-rename)."""
+    offset, now = time.time() - time.monotonic(), time.monotonic()
+    rows = {
+        task_id: {
+            **{f.name: getattr(task, f.name) for f in fields(Task)},
+            "created": task.created + offset,
+        }
+        for task_id, task in tasks.items()
+        if now - task.created - task.latency < STATE_KEEP_SECONDS
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(rows, handle)
+    os.replace(tmp, path)
+    log.info("%d tasks kept in %s", len(rows), path)
+
+
+def load_tasks(path: str) -> dict[str, Task]:
+    """The tasks ``save_tasks`` wrote, on this process's monotonic clock; none if unreadable."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            rows = json.load(handle)
+    except (OSError, ValueError):
+        return {}
+    offset = time.time() - time.monotonic()
+    tasks = {}
+    for task_id, row in rows.items():
+        row = {**row, "created": row["created"] - offset, "size": tuple(row["size"])}
+        tasks[task_id] = Task(**row)
+    log.info("%d tasks read back from %s", len(tasks), path)
+    return tasks
 
 
 def serve(
@@ -477,13 +531,14 @@ def serve(
     port: int = 8765,
     config: SimConfig | None = None,
     ready_file: str | None = None,
+    state_file: str | None = None,
 ) -> None:
     """Run the simulator until SIGINT/SIGTERM; port 0 picks a free port.
 
     ``ready_file`` receives ``host:port`` once the socket listens, so tests and scripts can
     wait for readiness instead of sleeping.
     """
-    asyncio.run(_serve(host, port, config or SimConfig(), ready_file))
+    asyncio.run(_serve(host, port, config or SimConfig(), ready_file, state_file))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -498,7 +553,7 @@ def main(argv: list[str] | None = None) -> None:
         config = config_from_env(os.environ)
     except ValueError as exc:
         parser.error(str(exc))
-    serve(args.host, args.port, config, args.ready_file)
+    serve(args.host, args.port, config, args.ready_file, os.environ.get(STATE_FILE_VARIABLE))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,11 @@ report = client.submit("edits.jsonl", max_cost=50.0, webhook_url="https://...")
 client.wait(report.batch_id)
 for record in client.results(report.batch_id): ...
 client.retry(report.batch_id, codes=["001021097"])  # re-drive what failed for good
+
+Errors are wanq's own (``workers.errors``): ``SubmissionRefused`` when a file is refused whole
+(invalid lines without ``allow_invalid``, no valid line, or lines changed under a custom_id
+the batch already has), with the report of every line; ``BatchNotFound`` (also a KeyError)
+for an unknown batch ID.
 """
 
 from __future__ import annotations
@@ -23,12 +28,13 @@ from producers.batchfile import BatchLine
 from producers.publish import TaskPublisher, task_publisher
 from producers.submit import Source, SubmitReport, submit_file, validate_file
 from producers.validation import ValidationOptions
-from workers import config, connection, deliveries, keys
+from workers import config, connection, deliveries, errors, keys
 from workers.batches import BatchStatus, batch_status
 from workers.celeryconf import sending_app
+from workers.errors import BatchNotFound, SubmissionRefused
 from workers.finalize import cancel, public_record
 from workers.names import TaskName, priority_weight
-from workers.store import TERMINAL, JobStore, State
+from workers.store import ALL_STATES, TERMINAL, JobStore, State
 
 RESULT_FIELDS = (
     "custom_id",
@@ -40,9 +46,17 @@ RESULT_FIELDS = (
     "error",
     "history",
 )
+STATES = tuple(s.value for s in ALL_STATES)
 URL_WARN_AFTER = 20 * 3600  # provider output URLs expire after about a day
 
-__all__ = ["BatchStatus", "SubmitReport", "Wanq", "write_results"]
+__all__ = [
+    "BatchNotFound",
+    "BatchStatus",
+    "SubmissionRefused",
+    "SubmitReport",
+    "Wanq",
+    "write_results",
+]
 
 
 @dataclass(frozen=True)
@@ -94,7 +108,11 @@ class Wanq:
         options: ValidationOptions | None = None,
         on_line: Callable[[BatchLine], None] | None = None,
         batch: BatchOptions | None = None,
+        ignore_changed: bool = False,
     ) -> SubmitReport:
+        """Validate and enqueue a batch file; raises ``SubmissionRefused`` (its ``report``
+        lists the lines) when nothing was submitted. ``ignore_changed`` keeps the stored
+        request of lines changed under an existing custom_id instead of refusing."""
         batch = batch or BatchOptions()
         if batch.webhook_url:
             if not batch.webhook_url.startswith(("http://", "https://")):
@@ -102,7 +120,7 @@ class Wanq:
             if not self.settings.webhook_secret:
                 raise ValueError("a webhook needs WANQ_WEBHOOK_SECRET (whsec_...) to sign with")
         with self._publisher() as publisher:
-            return submit_file(
+            report = submit_file(
                 self.store,
                 functools.partial(publisher.publish, "wanq.create"),
                 source,
@@ -111,7 +129,11 @@ class Wanq:
                 options=options,
                 on_line=on_line,
                 meta=batch.meta(),
+                ignore_changed=ignore_changed,
             )
+        if not report.submitted:
+            raise SubmissionRefused(report.refusal, _refusal_detail(report), report=report)
+        return report
 
     # --- watching --------------------------------------------------------------------------
 
@@ -141,7 +163,14 @@ class Wanq:
         return [self.status(b) for b in self.store.batch_ids()]
 
     def results(self, batch_id: str, state: str | None = None) -> Iterator[dict[str, Any]]:
-        """One record per job, in submission order, streamed from Redis."""
+        """One record per job, in submission order, streamed from Redis. An unknown batch or
+        state raises (``BatchNotFound``, ValueError) before the first record."""
+        self._require(batch_id)
+        if state is not None and state not in STATES:
+            raise ValueError(f"state must be one of {', '.join(STATES)}, not {state!r}")
+        return self._results(batch_id, state)
+
+    def _results(self, batch_id: str, state: str | None) -> Iterator[dict[str, Any]]:
         for job in self.store.iter_batch_jobs(batch_id):
             record = public_record(job["job_id"], job)
             if state is None or record["state"] == state:
@@ -229,7 +258,7 @@ class Wanq:
 
     def _require(self, batch_id: str) -> None:
         if not self.store.batch(batch_id):
-            raise KeyError(f"no batch {batch_id!r}")
+            raise BatchNotFound(detail=batch_id)
 
     def _admit(self) -> int:
         """Start waiting jobs on the free in-flight slots now, rather than at the next sweep."""
@@ -250,6 +279,14 @@ class Wanq:
         url, sentinel_options = connection.broker(self.settings.broker_url)
         with task_publisher(app, self.store.redis, url, sentinel_options) as publisher:
             yield publisher
+
+
+def _refusal_detail(report: SubmitReport) -> str:
+    if report.refusal == errors.CUSTOM_ID_CHANGED:
+        return f"{len(report.changed)} lines changed under custom_ids batch {report.batch_id} has"
+    if report.refusal == errors.BATCH_INVALID:
+        return f"{len(report.invalid)} of {report.lines} lines"
+    return f"{report.lines} lines, none valid"
 
 
 def write_results(records: Iterable[dict[str, Any]], out: IO[str], fmt: str = "jsonl") -> int:

@@ -1,4 +1,5 @@
-"""The ``wanq`` command line."""
+"""The ``wanq`` command line. Data goes to stdout, progress and notes to stderr; errors are
+one plain line and an exit code from ``producers.exits`` (the README's table)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,20 @@ import sys
 from pathlib import Path
 
 import click
+from rich.markup import escape
 
+from producers import exits
 from producers.batchfile import BatchLine
 from producers.terminal import console, out
 from producers.validation import ValidationOptions
-from workers import config
+from workers import config, errors
 from workers.errors import message_for
 from workers.names import priority_name, priority_weight
+from workers.store import ALL_STATES
 
-EXIT_INVALID = 1
-EXIT_UNREADABLE = 2
+EXIT_INVALID = exits.REFUSED
+EXIT_UNREADABLE = exits.UNREADABLE
+STATES = tuple(state.value for state in ALL_STATES)
 
 
 def _options(source: str, truncate: bool, probe: bool) -> ValidationOptions:
@@ -30,14 +35,16 @@ def _client(settings: config.Settings | None = None):
     return Wanq(settings)
 
 
-def _report_invalid(lines: list[BatchLine], limit: int = 20) -> None:
+def _report_invalid(lines: list[BatchLine], limit: int = 20, what: str = "invalid") -> None:
     for line in lines[:limit]:
-        console.print(f"[red]line {line.line}[/] {line.custom_id or ''}: {line.error}")
+        console.print(
+            f"[red]line {line.line}[/] {escape(line.custom_id or '')}: {escape(str(line.error))}"
+        )
     if len(lines) > limit:
-        console.print(f"... and {len(lines) - limit} more invalid lines")
+        console.print(f"... and {len(lines) - limit} more {what} lines")
 
 
-@click.group()
+@click.group(cls=exits.Group)
 @click.version_option(package_name="wanq")
 def main() -> None:
     """wanq: run large batches of wan26_i2i jobs on Celery + Redis."""
@@ -58,15 +65,17 @@ def validate(file: str, as_json: bool, truncate: bool, probe: bool) -> None:
         console.print(f"[red]cannot read {file}: {getattr(exc, 'strerror', None) or exc}[/]")
         sys.exit(EXIT_UNREADABLE)
     valid = invalid = 0
-    for line in lines:
+    for line in lines:  # the report on stdout (wanq validate f > report.txt keeps it)
         valid, invalid = valid + line.valid, invalid + (not line.valid)
         if as_json:
             click.echo(json.dumps(_line_json(line), ensure_ascii=False))
         elif not line.valid:
-            console.print(f"[red]line {line.line}[/] {line.custom_id or ''}: {line.error}")
+            click.echo(f"line {line.line} {line.custom_id or ''}: {line.error}")
     if not as_json:
-        console.print(f"{valid} valid, {invalid} invalid")
-    sys.exit(EXIT_INVALID if invalid else 0)
+        click.echo(f"{valid} valid, {invalid} invalid")
+    if not valid and not invalid:
+        console.print(f"[red]{escape(file)} has no line: nothing to validate[/]")
+    sys.exit(EXIT_INVALID if invalid or not valid else 0)
 
 
 def _line_json(line: BatchLine) -> dict:
@@ -85,8 +94,19 @@ def _line_json(line: BatchLine) -> dict:
 @click.option("--allow-invalid", is_flag=True, help="Submit the valid lines even if some are not.")
 @click.option("--wait", is_flag=True, help="Show progress and return when every job has ended.")
 @click.option("--truncate", is_flag=True, help="Truncate over-long texts instead of refusing.")
+@click.option("--probe", is_flag=True, help="Check that image URLs answer (network).")
+@click.option(
+    "--ignore-changed",
+    is_flag=True,
+    help="With --batch-id of an existing batch: keep the stored request of lines whose "
+    "request changed (WQ108) instead of refusing the file.",
+)
 @click.option("--dry-run", is_flag=True, help="Validate and estimate the cost; enqueue nothing.")
-@click.option("--max-cost", type=float, help="Budget in USD: creation pauses before passing it.")
+@click.option(
+    "--max-cost",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Budget in USD: creation stops before passing it.",
+)
 @click.option("--webhook", help="POST each ended job, then the batch, here (signed).")
 @click.option("--callback-task", help="Celery task called with each ended job's record.")
 @click.option("--batch-callback-task", help="Celery task called once with the final counts.")
@@ -108,6 +128,8 @@ def submit(
     allow_invalid: bool,
     wait: bool,
     truncate: bool,
+    probe: bool,
+    ignore_changed: bool,
     dry_run: bool,
     max_cost: float | None,
     webhook: str | None,
@@ -116,13 +138,18 @@ def submit(
     priority: str,
     max_in_flight: int,
 ) -> None:
+    """Validate FILE (.jsonl or .csv; - for standard input) and enqueue its jobs.
+
+    Refused whole (exit 1, nothing enqueued): invalid lines without --allow-invalid (WQ109),
+    no valid line at all (WQ107), lines changed under a custom_id the batch already has
+    without --ignore-changed (WQ108)."""
     """Validate FILE (.jsonl or .csv; - for standard input) and enqueue its jobs."""
     try:
         priority_weight(priority)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--priority") from None
     if dry_run:
-        _dry_run(file, truncate)
+        _dry_run(file, truncate, probe)
         return
     from producers.api import BatchOptions
 
@@ -130,19 +157,19 @@ def submit(
     batch = BatchOptions(
         max_cost, webhook, callback_task, batch_callback_task, priority, max_in_flight
     )
-    report = _submit(client, file, batch_id, allow_invalid, truncate, batch)
+    report = _submit(client, file, batch_id, allow_invalid, truncate, batch, probe, ignore_changed)
     out.print(report.batch_id)
     if wait:
         _watch(client, report.batch_id)
 
 
-def _dry_run(file: str, truncate: bool) -> None:
+def _dry_run(file: str, truncate: bool, probe: bool = False) -> None:
     from producers.estimate import estimate
     from producers.submit import validate_file
 
     settings = config.load()
     try:
-        report = estimate(validate_file(file, _options(file, truncate, False)), settings.unit_price)
+        report = estimate(validate_file(file, _options(file, truncate, probe)), settings.unit_price)
     except (OSError, ValueError) as exc:
         console.print(f"[red]cannot read {file}: {exc}[/]")
         sys.exit(EXIT_UNREADABLE)
@@ -161,9 +188,18 @@ def _dry_run(file: str, truncate: bool) -> None:
 
 
 def _submit(
-    client, file: str, batch_id: str | None, allow_invalid: bool, truncate: bool, batch=None
+    client,
+    file: str,
+    batch_id: str | None,
+    allow_invalid: bool,
+    truncate: bool,
+    batch=None,
+    probe: bool = False,
+    ignore_changed: bool = False,
 ):
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from workers.errors import SubmissionRefused
 
     columns = (
         SpinnerColumn(),
@@ -177,29 +213,55 @@ def _submit(
                 file,
                 batch_id=batch_id,
                 allow_invalid=allow_invalid,
-                options=_options(file, truncate, False),
+                options=_options(file, truncate, probe),
                 batch=batch,
                 on_line=lambda _line: bar.advance(task),
+                ignore_changed=ignore_changed,
             )
     except OSError as exc:
-        console.print(f"[red]cannot read {file}: {exc.strerror or exc}[/]")
+        console.print(f"[red]cannot read {escape(file)}: {escape(str(exc.strerror or exc))}[/]")
         sys.exit(EXIT_UNREADABLE)
-    except ValueError as exc:
-        console.print(f"[red]{exc}[/]")
+    except SubmissionRefused as refused:
+        _refused(refused.report)
+    except (ValueError, UnicodeDecodeError) as exc:
+        console.print(f"[red]{escape(str(exc))}[/]")
         sys.exit(EXIT_UNREADABLE)
     if report.invalid:
         _report_invalid(report.invalid)
-    if not report.submitted:
-        console.print(
-            f"[red]{len(report.invalid)} invalid lines: nothing submitted[/] "
-            "(fix them, or pass --allow-invalid to submit the valid lines)"
-        )
-        sys.exit(EXIT_INVALID)
     console.print(
         f"batch {report.batch_id}: {report.enqueued} jobs enqueued, "
         f"{report.existing} already there, {len(report.invalid)} invalid lines skipped"
     )
+    if report.changed:
+        _report_invalid(report.changed, what="changed")
+        console.print(
+            f"[yellow]{len(report.changed)} lines changed under existing custom_ids: "
+            "their stored requests were kept (--ignore-changed)[/]"
+        )
     return report
+
+
+def _refused(report) -> None:
+    """Why a file was refused whole, line by line, and what to do; exits 1."""
+    _report_invalid(report.invalid)
+    if report.refusal == errors.BATCH_INVALID:
+        hint = "fix them, or pass --allow-invalid to submit the valid lines"
+        why = f"{len(report.invalid)} invalid lines: nothing submitted"
+    elif report.refusal == errors.BATCH_EMPTY:
+        hint = "a batch of no job would never end"
+        why = f"no valid line in {report.lines} lines: nothing submitted"
+    else:
+        _report_invalid(report.changed, what="changed")
+        hint = (
+            "identical lines are a no-op; submit the changes under new custom_ids or another "
+            "--batch-id, or pass --ignore-changed to keep the stored requests"
+        )
+        why = (
+            f"{len(report.changed)} lines changed under custom_ids batch {report.batch_id} "
+            "already has: nothing submitted"
+        )
+    console.print(f"[red]\\[{report.refusal}] {why}[/] ({hint})")
+    sys.exit(EXIT_INVALID)
 
 
 def _watch(client, batch_id: str):
@@ -228,7 +290,7 @@ def batches() -> None:
     for status in _client().batches():
         table.add_row(
             status.batch_id,
-            status.state,
+            escape(status.listing_state),
             status.priority,
             str(status.ended),
             str(status.total),
@@ -272,11 +334,24 @@ def pause(batch: str) -> None:
 
 @main.command()
 @click.argument("batch")
-@click.option("--max-cost", type=float, help="A new budget in USD (after a budget stop).")
+@click.option(
+    "--max-cost",
+    type=click.FloatRange(min=0, min_open=True),
+    help="A new budget in USD (after a budget stop).",
+)
 def resume(batch: str, max_cost: float | None) -> None:
-    """Go on after a pause or a budget stop."""
-    released = _steer(lambda client: client.resume(batch, max_cost), batch)
+    """Go on after a pause or a budget stop (a budget stop needs a higher --max-cost)."""
+    client = _client()
+    before = client.status(batch)
+    released = client.resume(batch, max_cost)
     console.print(f"batch {batch} resumed: {released} waiting jobs released")
+    if before.control == "budget" and (max_cost is None or max_cost <= before.max_cost_needed):
+        cap = f"${max_cost:.4f}" if max_cost is not None else f"${before.max_cost or 0:.4f}"
+        console.print(
+            f"[yellow]the budget cap {cap} still holds: ${before.cost:.4f} spent and "
+            f"${before.reserved:.4f} reserved in flight, so the released jobs stop again "
+            f"before passing it. Raise it: wanq resume {batch} --max-cost HIGHER[/]"
+        )
 
 
 @main.command()
@@ -309,9 +384,9 @@ def _steer(action, batch: str):
 
 
 def _batch_or_exit(client, batch: str) -> None:
+    """An unknown batch: one line and exit 1, the same for every command (via exits)."""
     if not client.store.batch(batch):
-        console.print(f"[red]no batch {batch!r}[/]")
-        sys.exit(EXIT_INVALID)
+        raise errors.BatchNotFound(detail=batch)
 
 
 @main.command()
@@ -321,39 +396,32 @@ def status(batch: str, as_json: bool) -> None:
     """Counts per state, cost so far, failures by code, and any account problem."""
     from producers.progress import summary_table
 
-    try:
-        state = _client().status(batch)
-    except KeyError as exc:
-        console.print(f"[red]{exc.args[0]}[/]")
-        sys.exit(EXIT_INVALID)
+    state = _client().status(batch)
     if as_json:
         click.echo(json.dumps(state.as_dict(), indent=2))
     else:
         out.print(summary_table(state))
-        if state.account_block:
-            out.print(
-                "[bold red]Creation is paused for the whole cluster:[/] "
-                f"{state.account_block.get('reason')}. Jobs are waiting, not failed; "
-                "creation resumes by itself once the account works again."
-            )
+        for sentence in state.explain():
+            out.print(f"[bold yellow]{escape(sentence)}[/]")
 
 
 @main.command()
 @click.argument("batch")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl")
-@click.option("--state", help="Only jobs in this state (e.g. failed).")
+@click.option("--state", type=click.Choice(STATES), help="Only jobs in this state.")
 @click.option("--out", "path", type=click.Path(dir_okay=False), help="Write here, not stdout.")
 def results(batch: str, fmt: str, state: str | None, path: str | None) -> None:
     """One record per job: custom_id, state, remote task, attempts, outputs, usage, error."""
     from producers.api import write_results
 
     client = _client()
+    records = client.results(batch, state)  # an unknown batch stops here, before any file
     if path:
         with open(path, "w", encoding="utf-8", newline="") as handle:
-            n = write_results(client.results(batch, state), handle, fmt)
+            n = write_results(records, handle, fmt)
         console.print(f"{n} records written to {path}")
     else:
-        write_results(client.results(batch, state), sys.stdout, fmt)
+        write_results(records, sys.stdout, fmt)
 
 
 if __name__ == "__main__":

@@ -3,11 +3,15 @@
 The file is read once. Records go first (one Lua script per slice of a chunk, pipelined),
 messages second: a job that exists without its message is found by the sweeper, while a
 message without its record would be lost. Jobs are keyed by (batch, custom_id), so
-submitting a file again adds nothing.
+submitting a file again adds nothing; a line whose request changed under a custom_id the
+batch already has is reported (WQ108) and refuses the file unless the caller ignores it
+(the enqueue script keeps a SHA-1 of each request, ``req_sha1``, to compare with). A file
+with no valid line is refused (WQ107): a batch of 0 jobs would never end.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import pickle
@@ -22,6 +26,8 @@ from typing import IO
 
 from producers.batchfile import BatchLine, read_batch
 from producers.validation import ValidationOptions
+from workers import errors, keys
+from workers.errors import ValidationError
 from workers.store import JobStore
 
 BATCH_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -38,7 +44,9 @@ class SubmitReport:
     enqueued: int = 0
     existing: int = 0
     invalid: list[BatchLine] = field(default_factory=list)
-    submitted: bool = True  # False when invalid lines stopped the whole file
+    changed: list[BatchLine] = field(default_factory=list)  # WQ108: kept as first submitted
+    submitted: bool = True  # False when the file was refused whole (see ``refusal``)
+    refusal: str = ""  # the WQ code of why nothing was submitted
 
     @property
     def lines(self) -> int:
@@ -70,6 +78,7 @@ def submit_file(
     options: ValidationOptions | None = None,
     on_line: Callable[[BatchLine], None] | None = None,
     meta: dict[str, object] | None = None,
+    ignore_changed: bool = False,
 ) -> SubmitReport:
     """Validate and enqueue a batch file, reading it once.
 
@@ -77,25 +86,55 @@ def submit_file(
     valid jobs wait in an anonymous temporary spool (their normalized requests serialized
     once) until the end of the file, and are enqueued from there; with invalid lines the
     spool is dropped and the report lists them. With ``allow_invalid``, jobs are enqueued
-    as they are read.
+    as they are read, unless the batch exists (its lines are compared first). A refused file
+    enqueues nothing and says why in ``report.refusal``.
     """
     options = options or ValidationOptions()
     report = SubmitReport(check_batch_id(batch_id or new_batch_id()))
     jobs = _jobs(read_batch(source, options), report, on_line)
-    if allow_invalid:
-        store.open_batch(report.batch_id, meta or {})
-        _enqueue(store, send_create, jobs, report)
+    resubmitted = bool(batch_id) and store.redis.exists(keys.batch(report.batch_id)) > 0
+    if allow_invalid and not resubmitted:  # nothing to compare with: enqueue as read
+        _enqueue(
+            store, send_create, jobs, report, lambda: store.open_batch(report.batch_id, meta or {})
+        )
+        if not report.valid:
+            _refuse(report, errors.BATCH_EMPTY)
         return report
     with _Spool() as spool:
         for chunk in _chunks(jobs):
-            if not report.invalid:  # past the first invalid line, only the reading goes on
+            if resubmitted:
+                report.changed += _changed(store, report.batch_id, chunk)
+            if allow_invalid or not report.invalid:  # else only the reading goes on
                 spool.write(chunk)
-        if report.invalid:
-            report.submitted = False
-            return report
+        if report.invalid and not allow_invalid:
+            return _refuse(report, errors.BATCH_INVALID)
+        if not report.valid:
+            return _refuse(report, errors.BATCH_EMPTY)
+        if report.changed and not ignore_changed:
+            return _refuse(report, errors.CUSTOM_ID_CHANGED)
         store.open_batch(report.batch_id, meta or {})
         _enqueue(store, send_create, spool.read(), report)
     return report
+
+
+def _refuse(report: SubmitReport, code: str) -> SubmitReport:
+    report.submitted, report.refusal = False, code
+    return report
+
+
+def _changed(store: JobStore, batch_id: str, chunk: list[Job]) -> list[BatchLine]:
+    """Lines whose request differs from the one the batch already holds under their
+    custom_id (jobs stored before ``req_sha1`` existed cannot be compared: left alone)."""
+    pipe = store.redis.pipeline(transaction=False)
+    for custom_id, _, _ in chunk:
+        pipe.hget(keys.job(keys.job_id(batch_id, custom_id)), "req_sha1")
+    changed = []
+    for (custom_id, request, line), stored in zip(chunk, pipe.execute(), strict=True):
+        if stored and stored != hashlib.sha1(request.encode()).hexdigest():
+            detail = "resubmitted with another request; the stored one is kept"
+            error = ValidationError(errors.CUSTOM_ID_CHANGED, detail, "custom_id")
+            changed.append(BatchLine(line, custom_id, None, error))
+    return changed
 
 
 def _jobs(
@@ -123,14 +162,19 @@ def _enqueue(
     send_create: Callable[[Iterable[tuple[str, int]]], object],
     jobs: Iterable[Job],
     report: SubmitReport,
+    first: Callable[[], None] | None = None,
 ) -> None:
     """Records first, a chunk at a time, then the create messages of the new jobs that may
-    start now (all of them without an in-flight cap)."""
+    start now (all of them without an in-flight cap; the rest wait in Redis for a slot);
+    ``first`` runs before the first record (opening the batch only once it has a job)."""
     for chunk in _chunks(jobs):
+        if first:
+            first()
+            first = None
         done = store.enqueue_many(report.batch_id, chunk)
         report.enqueued += len(done.new)
         report.existing += len(chunk) - len(done.new)
-        if done.admitted:  # the rest wait in Redis for an in-flight slot (no message)
+        if done.admitted:
             send_create(done.admitted)
 
 

@@ -131,7 +131,9 @@ def test_scrape_matches_the_batches_and_the_cluster(served):
     assert value(samples, "wanq_failures_total", batch=bad.batch_id, code="001021095") == 2
 
     assert value(samples, "wanq_in_flight") == 0  # everything ended
-    assert value(samples, "wanq_in_flight_cap") == 7
+    # the cap the workers enforce (none here), published by their sweeper: not the 7 of
+    # the metrics process's own settings (issue 15)
+    assert value(samples, "wanq_in_flight_cap") == cluster.settings.max_in_flight == 0
     for queue in (keys.CREATE_QUEUE, keys.POLL_QUEUE, keys.DELIVER_QUEUE):
         assert value(samples, "wanq_queue_depth", queue=queue) >= 0
     assert value(samples, "wanq_unacked") >= 0
@@ -341,3 +343,20 @@ def test_wanq_metrics_command_serves_the_endpoint(redis_server, redis_url, tmp_p
         assert value(samples, "wanq_in_flight_cap") == 50
     finally:
         stack.stop()
+
+
+def test_the_cap_is_the_clusters_and_cancellations_are_not_failures(redis_url):
+    """Issue 15: the cap comes from Redis (the sweeper publishes what the workers enforce),
+    whatever the metrics process's own environment says; WQ200 is not a failure code."""
+    client = connect(redis_url)
+    client.hset(keys.batch("bc"), mapping={"total": 5, "n:cancelled": 3, "n:failed": 2})
+    client.zadd(keys.BATCHES, {"bc": 1})
+    client.hset(keys.batch_codes("bc"), mapping={errors.CANCELLED: 3, errors.HTTP_ERROR: 2})
+    samples = collect(client, in_flight_cap=0)
+    assert value(samples, "wanq_in_flight_cap") == 0  # nothing published yet: the fallback
+
+    client.hset(keys.STATS, metrics.IN_FLIGHT_CAP_FIELD, 5)
+    samples = collect(client, in_flight_cap=0)
+    assert value(samples, "wanq_in_flight_cap") == 5
+    assert label_values(samples, "wanq_failures_total", "code") == {errors.HTTP_ERROR}
+    assert value(samples, "wanq_cancelled_total", batch="bc") == 3

@@ -6,13 +6,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from workers import account
+from workers.errors import CANCELLED, BatchNotFound
 from workers.names import PRIORITIES, priority_name
 from workers.store import ALL_STATES, TERMINAL, JobStore
 
 CONTROL_WORDS = {
     "active": "running",
     "paused": "paused (wanq resume BATCH to go on)",
-    "budget": "paused for budget: its --max-cost would be passed (wanq resume BATCH --max-cost X)",
+    "budget": "stopped by its budget: creating more would pass --max-cost "
+    "(wanq resume BATCH --max-cost HIGHER)",
     "cancelled": "cancelled",
 }
 
@@ -55,6 +57,40 @@ class BatchStatus:
         """One word for listings: finished, or the batch's control state."""
         return "finished" if self.done else self.control
 
+    @property
+    def max_cost_needed(self) -> float:
+        """The least cap under which nothing more can be created: spent plus reserved."""
+        return self.cost + self.reserved
+
+    @property
+    def listing_state(self) -> str:
+        """``state``, plus what holds the batch back when it is not its own doing: the
+        account block that stops creation for the whole cluster (``wanq batches``)."""
+        if self.account_block and not self.done and self.control == "active":
+            return f"blocked: {self.account_block.get('reason') or 'account'}"
+        return self.state
+
+    def explain(self) -> list[str]:
+        """Plain sentences for what keeps this batch from going on, and what to do."""
+        lines = []
+        if self.control == "budget" and not self.done:
+            cap = f"${self.max_cost:.4f}" if self.max_cost is not None else "its cap"
+            lines.append(
+                f"Creation stopped by the budget: ${self.cost:.4f} spent and "
+                f"${self.reserved:.4f} reserved in flight; one more job would pass --max-cost "
+                f"{cap}. Jobs wait, none failed. Raise the cap to go on: "
+                f"wanq resume {self.batch_id} --max-cost HIGHER"
+            )
+        elif self.control == "paused" and not self.done:
+            lines.append(f"Paused by hand: wanq resume {self.batch_id} goes on.")
+        if self.account_block:
+            lines.append(
+                f"Creation is paused for the whole cluster: {self.account_block.get('reason')}. "
+                "Jobs are waiting, not failed; creation resumes by itself once the account "
+                "works again."
+            )
+        return lines
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "batch_id": self.batch_id,
@@ -74,6 +110,7 @@ class BatchStatus:
             "max_in_flight": self.max_in_flight or None,
             "in_flight": self.in_flight,
             "waiting_for_slot": self.waiting_for_slot,
+            "notes": self.explain(),  # what holds the batch back, and what to do
             "done": self.done,
             "submitted_at": self.submitted_at,
             "finished_at": self.finished_at,
@@ -83,7 +120,7 @@ class BatchStatus:
 def batch_status(store: JobStore, batch_id: str) -> BatchStatus:
     raw = store.batch(batch_id)
     if not raw:
-        raise KeyError(f"no batch {batch_id!r}")
+        raise BatchNotFound(detail=batch_id)
 
     def micros(name: str) -> float:
         return int(raw.get(name) or 0) / 1_000_000
@@ -93,7 +130,9 @@ def batch_status(store: JobStore, batch_id: str) -> BatchStatus:
         total=int(raw.get("total", 0)),
         counts={state.value: int(raw.get(f"n:{state.value}", 0)) for state in ALL_STATES},
         cost=micros("cost_micros"),
-        failures=store.batch_codes(batch_id),
+        failures={  # cancelled jobs (WQ200) are counted as cancelled, not as failures
+            code: n for code, n in store.batch_codes(batch_id).items() if code != CANCELLED
+        },
         control=raw.get("state") or "active",
         max_cost=micros("max_cost_micros") if raw.get("max_cost_micros") else None,
         reserved=micros("reserved_micros"),

@@ -127,7 +127,17 @@ def archive_job(
         "archive_errors": json.dumps(problems),
     }
     store.set_fields(keys.job(job_id), fields)
+    _announce_archived(store, job_id, {**job, **fields})
     return {**job, **fields}
+
+
+def _announce_archived(store: JobStore, job_id: str, job: dict[str, str]) -> None:
+    """A second ``wanq:results`` entry, ``event`` = ``archived``, once the outputs are saved:
+    its record's outputs carry ``path``, ``bytes`` and ``sha256``, so consumers of the stream
+    find the files without reading job hashes (the entry at the end has no ``event``)."""
+    entry = {"job_id": job_id, "state": job["state"], "event": "archived"}
+    entry["record"] = json.dumps(public_record(job_id, job))
+    store.add_result_event(entry)
 
 
 def download_limits(settings: Settings) -> archive.DownloadLimits:

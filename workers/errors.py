@@ -8,8 +8,10 @@ never be mistaken for the provider's.
     WanqError                 the root: every error wanq raises on purpose
     ├── CodedError            refused or given up on, with a code from the table below
     │   ├── ValidationError   a request or batch line breaks the contract (nothing enqueued)
-    │   └── JobFailure        a job ends failed: a run code (001021095-099) plus remote detail
-    ├── ConfigError           a WANQ_ setting is malformed or contradicts another (also ValueError)
+    │   ├── JobFailure        a job ends failed: a run code (001021095-099) plus remote detail
+    │   ├── SubmissionRefused a batch file was refused whole (invalid, empty, changed lines)
+    │   ├── BatchNotFound     no batch has this ID (also a KeyError, as it used to be)
+    │   └── ConfigError       a WANQ_ setting is not accepted (also a ValueError)
     ├── ProviderError         an answer of the provider that is not a usable result
     │   ├── Transient         (workers.provider) retry with backoff
     │   ├── AccountProblem    (workers.provider) 401/403: the account, not the job
@@ -68,7 +70,13 @@ CUSTOM_ID_DUPLICATE = "WQ103"
 LINE_TOO_LONG = "WQ104"
 LINE_CSV = "WQ105"
 BATCH_TOO_LARGE = "WQ106"
+BATCH_EMPTY = "WQ107"
+CUSTOM_ID_CHANGED = "WQ108"
+BATCH_INVALID = "WQ109"
 CANCELLED = "WQ200"
+BATCH_NOT_FOUND = "WQ300"
+CONFIG = "WQ301"
+REDIS_UNREACHABLE = "WQ302"
 
 MESSAGES: dict[str, str] = {
     MISSING_INPUT: "Missing required field input",
@@ -99,7 +107,7 @@ MESSAGES: dict[str, str] = {
     FIELD_TYPE: "field has the wrong JSON type",
     IMAGE_REFERENCE: "image must be an http(s) URL, a data URI or an existing local file",
     IMAGE_FORMAT: "image format must be JPEG, PNG, BMP or WEBP",
-    IMAGE_TRANSPARENCY: "PNG images must not have transparency",
+    IMAGE_TRANSPARENCY: "images must not have transparency",
     IMAGE_DIMENSIONS: "image width and height must be between 384 and 5000 pixels",
     IMAGE_BYTES: "image must be at most 10 MB",
     IMAGE_DECODE: "image data cannot be decoded",
@@ -111,7 +119,13 @@ MESSAGES: dict[str, str] = {
     LINE_TOO_LONG: "line is longer than the batch line limit",
     LINE_CSV: "CSV record cannot be read",
     BATCH_TOO_LARGE: "batch file has too many lines",
+    BATCH_EMPTY: "batch has no valid line: nothing would run",
+    CUSTOM_ID_CHANGED: "custom_id is already in this batch with a different request",
+    BATCH_INVALID: "batch file has invalid lines: nothing submitted",
     CANCELLED: "job was cancelled",
+    BATCH_NOT_FOUND: "no such batch",
+    CONFIG: "setting not accepted",
+    REDIS_UNREACHABLE: "cannot reach Redis",
 }
 
 
@@ -122,10 +136,6 @@ def message_for(code: str) -> str:
 class WanqError(Exception):
     """The root of wanq's own errors: ``except WanqError`` catches all that wanq raises on
     purpose and nothing that is a bug."""
-
-
-class ConfigError(WanqError, ValueError):
-    """A ``WANQ_`` setting that cannot be used; the message names the variable."""
 
 
 @dataclass
@@ -162,3 +172,33 @@ class JobFailure(CodedError):
         if self.remote:
             record["remote"] = self.remote
         return record
+
+
+@dataclass
+class SubmissionRefused(CodedError):
+    """A batch file refused whole: nothing was enqueued. ``report`` (a SubmitReport) lists the
+    lines that caused it, so a program sees the same per-line codes the CLI prints."""
+
+    report: Any = None
+
+
+@dataclass
+class BatchNotFound(CodedError, KeyError):
+    """No batch has this ID. A KeyError too, so callers written against the old KeyError
+    keep working."""
+
+    code: str = BATCH_NOT_FOUND
+
+    def __str__(self) -> str:
+        return f"no batch {self.detail!r}"
+
+
+@dataclass
+class ConfigError(CodedError, ValueError):
+    """A ``WANQ_`` setting is refused when loaded; ``detail`` is one plain line naming the
+    variable and what it accepts. A ValueError too, as config errors used to be."""
+
+    code: str = CONFIG
+
+    def __str__(self) -> str:
+        return self.detail

@@ -39,9 +39,9 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from workers import account, keys
+from workers import account, errors, keys
 from workers.connection import connect, texts
-from workers.store import ALL_STATES
+from workers.store import ALL_STATES, State
 
 log = logging.getLogger("wanq.metrics")
 
@@ -60,6 +60,8 @@ BATCH_LIMIT = 200  # batches read per scrape: the most recent ones of wanq:batch
 QUEUES = (keys.CREATE_QUEUE, keys.POLL_QUEUE, keys.DELIVER_QUEUE)
 UNACKED_KEY = "unacked"  # kombu's hash of delivered, not yet acknowledged messages
 DUPLICATE_CREATES_FIELD = "create_window_losses"  # in wanq:stats
+# in wanq:stats: the cap the workers enforce, written by the sweeper every sweep; read
+# from there so a metrics process with another environment shows the cluster's real cap
 
 DEFAULT_PORT = 9808
 
@@ -147,7 +149,9 @@ class WanqCollector(Collector):
     """wanq's job-level metrics, read from Redis at each scrape with bounded work.
 
     ``client`` must decode responses (``workers.connection.connect``). ``in_flight_cap`` is the
-    cluster's ``max_in_flight`` setting (0: no cap).
+    fallback for ``wanq_in_flight_cap`` until a worker has published the cluster's own
+    (``wanq:cluster``, written as it starts and at every sweep). Cancelled jobs (WQ200) are
+    counted in ``wanq_jobs`` and ``wanq_cancelled``, never as failures.
     """
 
     def __init__(
@@ -177,13 +181,15 @@ class WanqCollector(Collector):
         pipe.hget(keys.STATS, DUPLICATE_CREATES_FIELD)
         pipe.zcard(keys.INFLIGHT)
         pipe.zrange(keys.READY, 0, -1)
+        pipe.hget(keys.CLUSTER, "max_in_flight")
         answers = pipe.execute()
-        answers[-1] = self._waiting_for_slot(texts(answers[-1]))
+        answers[-2] = self._waiting_for_slot(texts(answers[-2]))
         blocked = account.blocked(self.redis)
 
         n = 2 * len(batch_ids)
         per_batch, tail = answers[:n], _split(answers[n:])
-        depths, unacked, lag, polls, duplicates, in_flight, slot_waits = tail
+        depths, unacked, lag, polls, duplicates, in_flight, slot_waits, cap = tail
+        in_flight_cap = self.in_flight_cap if cap is None else _int(cap)
 
         jobs = GaugeMetricFamily(
             "wanq_jobs", "Jobs of a batch in each state.", labels=["batch", "state"]
@@ -193,8 +199,12 @@ class WanqCollector(Collector):
         )
         failures = CounterMetricFamily(
             "wanq_failures",
-            "Jobs of a batch that failed, by error code (wanq retry lowers it: a reset).",
+            "Jobs of a batch that failed, by error code (wanq retry lowers it: a reset). "
+            "Cancelled jobs are not failures: see wanq_cancelled.",
             labels=["batch", "code"],
+        )
+        cancelled = CounterMetricFamily(
+            "wanq_cancelled", "Jobs of a batch ended cancelled (wanq cancel).", labels=["batch"]
         )
         for index, batch_id in enumerate(batch_ids):
             fields, codes = per_batch[2 * index], per_batch[2 * index + 1]
@@ -205,11 +215,13 @@ class WanqCollector(Collector):
                 jobs.add_metric([batch_id, state.value], count)
             cost.add_metric([batch_id], _int(fields.get("cost_micros")) / 1_000_000)
             for code, count in sorted(codes.items()):
-                if _int(count) > 0:
+                if _int(count) > 0 and code != errors.CANCELLED:
                     failures.add_metric([batch_id, code], _int(count))
+            cancelled.add_metric([batch_id], _int(fields.get(f"n:{State.CANCELLED.value}")))
         yield jobs
         yield cost
         yield failures
+        yield cancelled
 
         yield GaugeMetricFamily(
             "wanq_in_flight",
@@ -224,7 +236,7 @@ class WanqCollector(Collector):
         yield GaugeMetricFamily(
             "wanq_in_flight_cap",
             "The cluster's cap on remote tasks in flight (0: no cap).",
-            value=self.in_flight_cap,
+            value=in_flight_cap,
         )
         queue_depth = GaugeMetricFamily(
             "wanq_queue_depth", "Messages waiting in a Celery queue.", labels=["queue"]
@@ -259,10 +271,12 @@ def _fields(bounds: tuple[float, ...]) -> list[str]:
     return [*(bucket_label(b) for b in bounds), SUM_FIELD, COUNT_FIELD]
 
 
-def _split(tail: list[Any]) -> tuple[list[int], int, list[Any], list[Any], Any, int, int]:
+def _split(
+    tail: list[Any],
+) -> tuple[list[int], int, list[Any], list[Any], Any, int, int, Any]:
     depths = [int(d) for d in tail[: len(QUEUES)]]
-    unacked, lag, polls, duplicates, in_flight, slot_waits = tail[len(QUEUES) :]
-    return depths, int(unacked), lag, polls, duplicates, int(in_flight), int(slot_waits)
+    unacked, lag, polls, duplicates, in_flight, slot_waits, cap = tail[len(QUEUES) :]
+    return depths, int(unacked), lag, polls, duplicates, int(in_flight), int(slot_waits), cap
 
 
 def _histogram(name: str, doc: str, bounds: tuple[float, ...], values: list[Any]) -> Metric:

@@ -219,6 +219,12 @@ class JobStore:
         value = self.redis.hget(key, name)
         return None if value is None else text(value)
 
+    def add_result_event(self, fields: Mapping[str, str]) -> None:
+        """An entry of the results stream besides a job's end (``event=archived``)."""
+        entry: dict[FieldT, EncodableT] = {}
+        entry.update(fields.items())
+        self.redis.xadd(keys.RESULTS, entry, maxlen=STREAM_MAXLEN, approximate=True)
+
     def queue_length(self, queue: str) -> int:
         return int(self.redis.llen(queue))
 

@@ -19,6 +19,9 @@ from ops.bench.completion import RunResult
 from ops.bench.inflight import InFlightResult
 from ops.bench.params import Params
 from ops.bench.submission import SubmitResult
+from workers.config import Settings
+
+POLL_CAP = Settings().poll_max_interval  # the default, which the in-flight phase runs on
 
 REQUIRED = (
     "submit_jobs_per_s",
@@ -270,7 +273,7 @@ def _cost(res: Results) -> list[Figure]:
         f"{name.removeprefix('wanq.')} {n / max(1, main.ended):.2f}"
         for name, n in main.tasks.items()
     )
-    needed = held.reached / 120.0  # a held job polls at least every 120 s (see inflight.py)
+    needed = held.reached / POLL_CAP  # a held job polls at least every POLL_CAP s (inflight.py)
     return [
         figure(
             "redis_bytes_per_job_in_flight",
@@ -309,10 +312,10 @@ def _cost(res: Results) -> list[Figure]:
             f"all {held.jobs:,} in flight on 1 process, polls on time",
             held.reached >= held.jobs and held.overdue_steps == 0,
             "the memory: the countdown messages the worker holds (one per job) and its heap; "
-            "the count: with the long-generation settings (countdowns up to 300 s, polls at "
-            f"most 120 s apart: about {needed:.0f} polls/s once due) one process starts and "
-            "follows them; with the default 30 s countdown cap each held job would wake the "
-            "worker every 30 s (10,000 jobs: 333 polls/s, about one process's whole CPU)",
+            f"the count: with the defaults (countdowns up to 300 s, polls at most {POLL_CAP:g} s "
+            f"apart: about {needed:.0f} polls/s once due) one process starts and follows "
+            "them; with the old 30 s countdown cap each held job would wake the worker every "
+            "30 s (10,000 jobs: 333 polls/s, about one process's whole CPU)",
             f"{held.reached:,} of {held.jobs:,} in flight after {held.seconds_to_reach:.1f} s; "
             f"RSS idle {held.rss_idle_mb:.0f} MB, all in flight {held.rss_mb:.0f} MB, peak "
             f"{held.rss_peak_mb:.0f} MB ({held.rss_per_job_kb:.1f} KB per job, linearly "

@@ -22,7 +22,8 @@ for i = 1, (#KEYS - 3) / 2 do
     created[i] = 0
   else
     redis.call('HSET', job_key, 'batch', batch_id, 'custom_id', custom_id, 'state', S_QUEUED,
-      'seq', 0, 'attempts', 0, 'polls', 0, 'submitted_at', now, 'line', line)
+      'seq', 0, 'attempts', 0, 'polls', 0, 'submitted_at', now, 'line', line,
+      'req_sha1', redis.sha1hex(request))
     redis.call('SET', payload_key, request)
     created[i] = 1
     ids[#ids + 1] = job_id
