@@ -112,6 +112,13 @@ def parse(url: object) -> Target:
 
     Cheap and offline, so producers can refuse a bad ``--webhook`` before anything is written.
     """
+    try:
+        return _parse(url)
+    except Refused as exc:
+        raise Refused(f"URL refused: {exc}") from None
+
+
+def _parse(url: object) -> Target:
     if not isinstance(url, str) or not url:
         raise Refused("an http(s) URL is required")
     if len(url) > MAX_URL:
