@@ -3,8 +3,9 @@ and a batch, once its last job ends, its final callback with the counts.
 
 Owed deliveries sit in ``wanq:deliver`` (put there by the same script that ended the job) until
 every step is done, so a crash only delays them: the sweeper sends them again. Each step marks
-itself done in the record, so a repeat skips it; a webhook repeated after a crash carries the
-same ``webhook-id``, which lets receivers drop it.
+itself done in the record, so a repeat skips it; a webhook repeated after a crash, or after
+Redis replayed a cut AOF, carries the same ``webhook-id`` (derived from the job and its round,
+never from a time), which lets receivers drop it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workers import archive, keys, webhooks
+from workers import archive, keys, netguard, webhooks
 from workers.batches import batch_status
 from workers.config import Settings
 from workers.finalize import public_record
@@ -60,7 +61,8 @@ def _deliver_job(store: JobStore, settings: Settings, job_id: str, send_task) ->
         store.redis.hset(keys.job(job_id), "callback_sent", "1")
     if batch.get("webhook_url"):
         event = {"type": "job.ended", "data": record}
-        msg_id = webhooks.message_id("job", job_id, job.get("completed_at", ""))
+        round_ = len(json.loads(job.get("history") or "[]"))  # earlier rounds (wanq retry)
+        msg_id = webhooks.job_message_id(job_id, round_, job.get("state", ""))
         return _webhook(store, settings, keys.job(job_id), batch["webhook_url"], msg_id, event)
     return Outcome()
 
@@ -74,26 +76,35 @@ def _deliver_batch(store: JobStore, settings: Settings, batch_id: str, send_task
         send_task(batch["batch_callback_task"], args=(counts,), queue=keys.CALLBACK_QUEUE)
         store.redis.hset(keys.batch(batch_id), "final_task_sent", "1")
     outcome = Outcome()
+    round_ = int(batch.get("final_rounds") or 0)  # ends announced before (wanq retry re-opens)
     if batch.get("webhook_url"):
         event = {"type": "batch.ended", "data": counts}
-        msg_id = webhooks.message_id("batch", batch_id, batch.get("finished_at", ""))
+        msg_id = webhooks.batch_message_id(batch_id, round_)
         outcome = _webhook(
             store, settings, keys.batch(batch_id), batch["webhook_url"], msg_id, event
         )
     if outcome.retry_in is None:
-        store.redis.hset(keys.batch(batch_id), "final_sent", "1")
+        done = {"final_sent": "1", "final_rounds": round_ + 1}
+        store.redis.hset(keys.batch(batch_id), mapping=done)
     return outcome
 
 
 def _webhook(
     store: JobStore, settings: Settings, key: str, url: str, msg_id: str, event: dict[str, Any]
 ) -> Outcome:
-    """One signed attempt; its state is kept in the record under ``webhook``."""
+    """One signed attempt; its state is kept in the record under ``webhook`` (a state for
+    another id belongs to an earlier round and starts afresh)."""
     state = json.loads(store.redis.hget(key, "webhook") or "{}")
+    if state.get("id") != msg_id:
+        state = {}
     if state.get("state") in ("delivered", "failed"):
         return Outcome()
     attempts = int(state.get("attempts", 0)) + 1
-    result = webhooks.deliver(url, settings.webhook_secret, msg_id, event)
+    policy = netguard.Policy.from_setting(settings.webhook_allow_hosts)
+    try:
+        result = webhooks.deliver(url, settings.webhook_secret, msg_id, event, policy=policy)
+    except ValueError as exc:  # a URL stored before it was checked at submission
+        result = webhooks.Delivery(False, None, False, None, str(exc))
     policy = RetryPolicy(settings.webhook_attempts, settings.backoff_base, settings.backoff_cap)
     again = result.retry and not policy.exhausted(attempts)
     state = {
@@ -135,6 +146,7 @@ def download_limits(settings: Settings) -> archive.DownloadLimits:
         max_bytes=settings.archive_max_bytes,
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout,
+        deadline=settings.archive_deadline,
         allow_private=settings.archive_allow_private,
         allowed_hosts=hosts,
     )

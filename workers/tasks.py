@@ -13,7 +13,7 @@ import time
 
 from celery import signals
 
-from workers import account, deliveries, errors, keys, logs, pacing, schedule
+from workers import account, delivery_threads, errors, keys, logs, pacing, schedule
 from workers.app import app, provider, settings, store
 from workers.errors import JobFailure
 from workers.finalize import cancel, fail, latency_estimate, succeed_or_fail
@@ -197,7 +197,7 @@ def poll(job_id: str, seq: int, paced: bool = False) -> str:
     try:
         status = provider().status(job["remote_task_id"])
     except AccountProblem as exc:
-        account.block(jobs.redis, exc.http_status or 0, exc.plain())
+        account.block(jobs.redis, exc.http_status or 0, exc.plain(), source="status")
         return _poll_again(job_id, seq, job, settings.max_countdown, {})
     except Rejected as exc:
         failure = JobFailure(errors.STATUS_CHECK, str(exc), remote=exc.remote())
@@ -218,6 +218,8 @@ def poll(job_id: str, seq: int, paced: bool = False) -> str:
             return "failed"
         delay = RETRY.delay(misses, exc.retry_after)
         return _poll_again(job_id, seq, job, delay, {"poll_errors": misses, "last_error": str(exc)})
+    if account.status_worked(jobs.redis):
+        log.info("a status call went through: the account works again, creation resumes")
 
     if status.done:  # this poll is counted in the same atomic step that ends the job
         seen = {"polls": int(job.get("polls") or 0) + 1, **_first_poll(job, now)}
@@ -249,10 +251,8 @@ def _first_poll(job: dict[str, str], now: float) -> dict[str, float]:
     return {} if job.get("first_poll_at") else {"first_poll_at": now}
 
 
-@app.task(name="wanq.deliver", bind=True, max_retries=None)
-def deliver(self, target: str) -> str:
-    """The callbacks a job or batch owes once it has ended (see workers.deliveries)."""
-    outcome = deliveries.deliver(store(), settings, target, app.send_task)
-    if outcome.retry_in is not None:
-        raise self.retry(countdown=outcome.retry_in)
-    return "delivered"
+@app.task(name="wanq.deliver")
+def deliver(target: str) -> str:
+    """The callbacks a job or batch owes once it has ended (see workers.deliveries), run on
+    the delivery threads (workers.delivery_threads): never on the threads that create and poll."""
+    return delivery_threads.hand_over(store(), settings, target, app.send_task)

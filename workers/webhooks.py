@@ -2,10 +2,15 @@
 
 Every ended job (and, once, every ended batch) is POSTed as JSON to the batch's webhook URL
 with ``webhook-id``, ``webhook-timestamp`` and ``webhook-signature`` headers (HMAC-SHA256 over
-``id.timestamp.body`` with the ``whsec_`` secret). The id is derived from the event, so every
-retry carries the same one and receivers can drop duplicates; the timestamp is signed afresh
-on each attempt. Retries and their countdowns belong to the calling Celery task: ``deliver``
-never sleeps or loops, it makes one POST and says whether another is worth it.
+``id.timestamp.body`` with the ``whsec_`` secret). The id is derived from the event, never
+from a time: a job's from its ID, its round (``wanq retry`` starts a new one) and its terminal
+state (``job_message_id``), so every retry, and a replay after Redis lost the end of its AOF,
+carries the same one and receivers can drop duplicates; the timestamp is signed afresh on each
+attempt. Receivers are reached through ``workers.netguard``: a URL resolving to a private or
+loopback address is refused unless the allow-list (``WANQ_WEBHOOK_ALLOW_HOSTS``) names it, and
+the POST goes to the address that was checked. Retries and their countdowns belong to the
+calling Celery task: ``deliver`` never sleeps or loops, it makes one POST and says whether
+another is worth it.
 
 A receiver verifies with the ``standardwebhooks`` package, on the raw body bytes::
 
@@ -31,11 +36,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import requests
 from standardwebhooks import Webhook, WebhookVerificationError
 from standardwebhooks.webhooks import EmptyWebhookSecretError
+
+from workers import netguard
+
+STRICT = netguard.Policy()  # public addresses only
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,16 @@ def message_id(*parts: str) -> str:
     so receivers can deduplicate, and with no state to keep."""
     digest = hashlib.sha256("\0".join(parts).encode()).hexdigest()
     return f"msg_{digest[:24]}"
+
+
+def job_message_id(job_id: str, round_: int, state: str) -> str:
+    """A job's ``webhook-id``: the same for the same ending whenever it is sent again."""
+    return message_id("job", job_id, str(round_), state)
+
+
+def batch_message_id(batch_id: str, round_: int) -> str:
+    """A batch's ``webhook-id``: round = how many times its end was announced before."""
+    return message_id("batch", batch_id, str(round_))
 
 
 def generate_secret() -> str:
@@ -81,18 +99,27 @@ def deliver(
     msg_id: str,
     payload: dict[str, Any],
     *,
+    policy: netguard.Policy = STRICT,
     timeout: tuple[float, float] = (5.0, 10.0),
     session: requests.Session | None = None,
 ) -> Delivery:
-    """One signed POST. Redirects are not followed: a POST redirected may lose its body or
-    carry the signature to another host, so a 3xx is a (permanent) misconfiguration."""
-    _check_url(url)
+    """One signed POST to the address ``policy`` allows. Redirects are not followed: a POST
+    redirected may lose its body or carry the signature to another host, so a 3xx is a
+    (permanent) misconfiguration. A malformed URL raises ValueError; an address the policy
+    refuses is a permanent failure, a name that does not resolve a retryable one."""
+    netguard.parse(url)  # ValueError (netguard.Refused) for a URL that is not plainly http(s)
+    try:
+        target = netguard.check(url, policy)
+    except netguard.Unresolved as exc:
+        return Delivery(False, None, True, None, str(exc))
+    except netguard.Refused as exc:
+        return Delivery(False, None, False, None, str(exc))
     body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
     headers = sign(secret, msg_id, datetime.now(UTC), body)
-    http = session or requests.Session()
+    http = session or netguard.guarded_session("wanq-webhooks")
     try:
-        with http.post(
-            url, data=body.encode(), headers=headers, timeout=timeout, allow_redirects=False
+        with netguard.send(
+            http, "POST", target, data=body.encode(), headers=headers, timeout=timeout
         ) as response:
             code = response.status_code
             retry_after = _retry_after(response.headers.get("Retry-After"))
@@ -133,12 +160,6 @@ def _webhook(secret: str) -> Webhook:
         raise ValueError("webhook secret must be 'whsec_' followed by base64") from None
 
 
-def _check_url(url: str) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("webhook URL must be http:// or https:// with a host")
-
-
 def _retry_after(raw: str | None) -> float | None:
     """Delta-seconds or an HTTP date; anything unreadable is ignored."""
     if not raw:
@@ -159,8 +180,10 @@ def _retry_after(raw: str | None) -> float | None:
 __all__ = [
     "Delivery",
     "WebhookVerificationError",
+    "batch_message_id",
     "deliver",
     "generate_secret",
+    "job_message_id",
     "message_id",
     "sign",
     "verify",
