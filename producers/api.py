@@ -24,7 +24,7 @@ from producers.batchfile import BatchLine
 from producers.publish import TaskPublisher, task_publisher
 from producers.submit import Source, SubmitReport, submit_file, validate_file
 from producers.validation import ValidationOptions
-from workers import config, connection, deliveries, keys
+from workers import config, connection, deliveries, keys, netguard
 from workers.batches import BatchStatus, batch_status
 from workers.finalize import cancel, public_record
 from workers.store import TERMINAL, JobStore, State
@@ -90,8 +90,7 @@ class Wanq:
     ) -> SubmitReport:
         batch = batch or BatchOptions()
         if batch.webhook_url:
-            if not batch.webhook_url.startswith(("http://", "https://")):
-                raise ValueError("webhook URLs must be http:// or https://")
+            netguard.parse(batch.webhook_url)  # ValueError for anything ambiguous, at once
             if not self.settings.webhook_secret:
                 raise ValueError("a webhook needs WANQ_WEBHOOK_SECRET (whsec_...) to sign with")
         with self._publisher() as publisher:
