@@ -228,10 +228,14 @@ class Wanq:
 
 
 def write_results(records: Iterable[dict[str, Any]], out: io.TextIOBase, fmt: str = "jsonl") -> int:
-    """Stream records as JSON Lines or CSV (nested fields JSON-encoded); returns the count."""
+    """Stream records as JSON Lines or CSV (nested fields JSON-encoded); returns the count.
+
+    CSV cells are quoted and, when they start like a formula, neutralised the way OWASP
+    describes (see ``spreadsheet_safe``): custom_ids, prompts and the provider's fields are
+    not ours, and a spreadsheet would run ``=HYPERLINK(...)`` from any of them."""
     count = 0
     if fmt == "csv":
-        writer = csv.DictWriter(out, fieldnames=RESULT_FIELDS)
+        writer = csv.DictWriter(out, fieldnames=RESULT_FIELDS, quoting=csv.QUOTE_ALL)
         writer.writeheader()
         for record in records:
             writer.writerow({k: _cell(v) for k, v in record.items()})
@@ -243,5 +247,16 @@ def write_results(records: Iterable[dict[str, Any]], out: io.TextIOBase, fmt: st
     return count
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(cell: str) -> str:
+    """A cell a spreadsheet shows as text: one starting with = + - @ tab or CR gets a leading
+    single quote (OWASP, CSV injection). Nested JSON (``[``, ``{``) never starts that way."""
+    return "'" + cell if cell.startswith(FORMULA_START) else cell
+
+
 def _cell(value: Any) -> Any:
-    return json.dumps(value, ensure_ascii=False) if isinstance(value, (list, dict)) else value
+    if isinstance(value, (list, dict)):
+        value = json.dumps(value, ensure_ascii=False)
+    return spreadsheet_safe(value) if isinstance(value, str) else value

@@ -11,7 +11,7 @@ import click
 
 from producers import cli_cluster
 from producers.batchfile import BatchLine
-from producers.terminal import console, out
+from producers.terminal import console, out, plain
 from producers.validation import ValidationOptions
 from workers import config
 from workers.errors import message_for
@@ -33,7 +33,9 @@ def _client(settings: config.Settings | None = None):
 
 def _report_invalid(lines: list[BatchLine], limit: int = 20) -> None:
     for line in lines[:limit]:
-        console.print(f"[red]line {line.line}[/] {line.custom_id or ''}: {line.error}")
+        console.print(
+            f"[red]line {line.line}[/] {plain(line.custom_id or '')}: {plain(line.error)}"
+        )
     if len(lines) > limit:
         console.print(f"... and {len(lines) - limit} more invalid lines")
 
@@ -56,7 +58,9 @@ def validate(file: str, as_json: bool, truncate: bool, probe: bool) -> None:
     try:
         lines = validate_file(file, _options(file, truncate, probe))
     except (OSError, ValueError) as exc:
-        console.print(f"[red]cannot read {file}: {getattr(exc, 'strerror', None) or exc}[/]")
+        console.print(
+            f"[red]cannot read {plain(file)}: {plain(getattr(exc, 'strerror', None) or exc)}[/]"
+        )
         sys.exit(EXIT_UNREADABLE)
     valid = invalid = 0
     for line in lines:
@@ -64,7 +68,9 @@ def validate(file: str, as_json: bool, truncate: bool, probe: bool) -> None:
         if as_json:
             click.echo(json.dumps(_line_json(line), ensure_ascii=False))
         elif not line.valid:
-            console.print(f"[red]line {line.line}[/] {line.custom_id or ''}: {line.error}")
+            console.print(
+                f"[red]line {line.line}[/] {plain(line.custom_id or '')}: {plain(line.error)}"
+            )
     if not as_json:
         console.print(f"{valid} valid, {invalid} invalid")
     sys.exit(EXIT_INVALID if invalid else 0)
@@ -112,7 +118,7 @@ def submit(
     client = _client()
     batch = BatchOptions(max_cost, webhook, callback_task, batch_callback_task)
     report = _submit(client, file, batch_id, allow_invalid, truncate, batch)
-    out.print(report.batch_id)
+    out.print(plain(report.batch_id))
     if wait:
         _watch(client, report.batch_id)
 
@@ -125,7 +131,7 @@ def _dry_run(file: str, truncate: bool) -> None:
     try:
         report = estimate(validate_file(file, _options(file, truncate, False)), settings.unit_price)
     except (OSError, ValueError) as exc:
-        console.print(f"[red]cannot read {file}: {exc}[/]")
+        console.print(f"[red]cannot read {plain(file)}: {plain(exc)}[/]")
         sys.exit(EXIT_UNREADABLE)
     out.print(f"{report.lines} lines: {report.valid} valid, {report.invalid} invalid")
     for code, lines in sorted(report.invalid_by_code.items()):
@@ -163,10 +169,10 @@ def _submit(
                 on_line=lambda _line: bar.advance(task),
             )
     except OSError as exc:
-        console.print(f"[red]cannot read {file}: {exc.strerror or exc}[/]")
+        console.print(f"[red]cannot read {plain(file)}: {plain(exc.strerror or exc)}[/]")
         sys.exit(EXIT_UNREADABLE)
     except ValueError as exc:
-        console.print(f"[red]{exc}[/]")
+        console.print(f"[red]{plain(exc)}[/]")
         sys.exit(EXIT_UNREADABLE)
     if report.invalid:
         _report_invalid(report.invalid)
@@ -208,7 +214,7 @@ def batches() -> None:
     table = Table("batch", "state", "ended", "jobs", "failed", "cost")
     for status in _client().batches():
         table.add_row(
-            status.batch_id,
+            plain(status.batch_id),
             status.state,
             str(status.ended),
             str(status.total),
@@ -224,7 +230,7 @@ def cancel(batch: str) -> None:
     """Stop a batch: jobs not created are never created, jobs in flight end cancelled."""
     ended = _steer(lambda client: client.cancel(batch), batch)
     console.print(
-        f"batch {batch} cancelled: {ended} jobs ended as cancelled "
+        f"batch {plain(batch)} cancelled: {ended} jobs ended as cancelled "
         "(remote tasks already created run to their end upstream: no remote cancel)"
     )
 
@@ -234,7 +240,7 @@ def cancel(batch: str) -> None:
 def pause(batch: str) -> None:
     """Create no new remote tasks for BATCH; jobs in flight go on."""
     _steer(lambda client: client.pause(batch), batch)
-    console.print(f"batch {batch} paused; `wanq resume {batch}` goes on")
+    console.print(f"batch {plain(batch)} paused; `wanq resume {plain(batch)}` goes on")
 
 
 @main.command()
@@ -243,7 +249,7 @@ def pause(batch: str) -> None:
 def resume(batch: str, max_cost: float | None) -> None:
     """Go on after a pause or a budget stop."""
     released = _steer(lambda client: client.resume(batch, max_cost), batch)
-    console.print(f"batch {batch} resumed: {released} waiting jobs released")
+    console.print(f"batch {plain(batch)} resumed: {released} waiting jobs released")
 
 
 @main.command()
@@ -252,7 +258,7 @@ def resume(batch: str, max_cost: float | None) -> None:
 def retry(batch: str, codes: tuple[str, ...]) -> None:
     """Re-run the jobs of BATCH that failed for good; successes stay untouched."""
     reopened = _steer(lambda client: client.retry(batch, codes), batch)
-    console.print(f"batch {batch}: {reopened} failed jobs re-queued")
+    console.print(f"batch {plain(batch)}: {reopened} failed jobs re-queued")
 
 
 @main.command("archive")
@@ -277,7 +283,7 @@ def _steer(action, batch: str):
 
 def _batch_or_exit(client, batch: str) -> None:
     if not client.store.batch(batch):
-        console.print(f"[red]no batch {batch!r}[/]")
+        console.print(f"[red]no batch {plain(repr(batch))}[/]")
         sys.exit(EXIT_INVALID)
 
 
@@ -291,7 +297,7 @@ def status(batch: str, as_json: bool) -> None:
     try:
         state = _client().status(batch)
     except KeyError as exc:
-        console.print(f"[red]{exc.args[0]}[/]")
+        console.print(f"[red]{plain(exc.args[0])}[/]")
         sys.exit(EXIT_INVALID)
     if as_json:
         click.echo(json.dumps(state.as_dict(), indent=2))
