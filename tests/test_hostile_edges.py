@@ -5,74 +5,25 @@ an outage only status calls saw. Each job still ends exactly once with one strea
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from ops.localstack import wait_for
 from producers.api import BatchOptions
+from tests.canary import Canary, serve
 from tests.conftest import jobs
 from workers import account, keys
 
 
-class Canary(ThreadingHTTPServer):
-    """Counts requests; ``/files/...`` dribbles one byte a second when ``dribble`` is set."""
-
-    daemon_threads = True
-
-    def __init__(self, dribble: bool = False) -> None:
-        super().__init__(("127.0.0.1", 0), CanaryHandler)
-        self.paths: list[str] = []
-        self.dribble = dribble
-        self.stop = threading.Event()
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.server_address[1]}"
-
-
-class CanaryHandler(BaseHTTPRequestHandler):
-    server: Canary
-
-    def do_GET(self) -> None:
-        self.server.paths.append(self.path)
-        self.send_response(200)
-        self.send_header("Content-Type", "image/png")
-        self.send_header("Content-Length", "600")
-        self.end_headers()
-        for _ in range(600 if self.server.dribble else 1):
-            if self.server.dribble and self.server.stop.wait(1.0):
-                return
-            try:
-                self.wfile.write(b"x" if self.server.dribble else b"x" * 600)
-                self.wfile.flush()
-            except OSError:
-                return
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-def running(server: Canary) -> Iterator[Canary]:
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield server
-    server.stop.set()
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
-
-
 @pytest.fixture
 def canary() -> Iterator[Canary]:
-    yield from running(Canary())
+    yield from serve(Canary())
 
 
 @pytest.fixture
 def dribbler() -> Iterator[Canary]:
-    yield from running(Canary(dribble=True))
+    yield from serve(Canary(dribble=True))
 
 
 def stream_entries(cluster, batch_id: str) -> list[dict]:

@@ -6,79 +6,17 @@ from __future__ import annotations
 
 import ssl
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote
 
 import pytest
 
+from tests.canary import Canary, serve
 from workers import netguard
 from workers.archive import ArchiveError, DownloadLimits, download, new_session
 
 NAME = "outputs.example.test"  # never resolved for real: tests pass their own resolver
-
-
-class Canary(ThreadingHTTPServer):
-    """Counts every request; answers a small body, or one byte a second when asked."""
-
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), CanaryHandler)
-        self.requests: list[tuple[str, str | None, str | None]] = []  # path, Host, SNI
-        self.stop = threading.Event()
-
-    @property
-    def port(self) -> int:
-        return self.server_address[1]
-
-
-class CanaryHandler(BaseHTTPRequestHandler):
-    server: Canary
-
-    def do_GET(self) -> None:
-        sni = getattr(self.connection, "wanq_sni", None)
-        self.server.requests.append((self.path, self.headers.get("Host"), sni))
-        if self.path.startswith("/dribble"):
-            self.send_response(200)
-            self.send_header("Content-Length", "1000")
-            self.end_headers()
-            for _ in range(1000):  # one byte a second: each read is quick, the whole is not
-                if self.server.stop.wait(1.0):
-                    return
-                try:
-                    self.wfile.write(b"x")
-                    self.wfile.flush()
-                except OSError:
-                    return
-            return
-        if self.path.startswith("/redirect"):
-            self.send_response(302)
-            self.send_header("Location", unquote(self.path.split("to=", 1)[1]))
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        body = b"canary"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-def serve(server: Canary) -> Iterator[Canary]:
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield server
-    server.stop.set()
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
 
 
 @pytest.fixture
@@ -152,7 +90,7 @@ def test_a_redirect_to_the_canary_in_a_bypass_form_is_refused(canary, tmp_path):
     hop = f"http://127.0.0.1:{canary.port}/redirect?to=http://127.0.0.1:{canary.port}%5C@x/y"
     with pytest.raises(ArchiveError, match="backslash"):
         download(hop, tmp_path / "x.png", allowed)
-    assert [path for path, _, _ in canary.requests] == [hop.split(str(canary.port), 1)[1]]
+    assert canary.paths == [hop.split(str(canary.port), 1)[1]]
     # the canary answered the first hop only: the redirect's target was never requested
 
 
@@ -173,7 +111,7 @@ def test_the_connection_goes_to_the_checked_address_with_the_name_as_host(canary
         response = netguard.send(session, "GET", target, timeout=5)
     assert response.content == b"canary"
     assert calls == [NAME], "resolved once, by the check"
-    assert canary.requests == [("/img.png?sig=1", f"{NAME}:{canary.port}", None)]
+    assert canary.requests == [("/img.png?sig=1", f"{NAME}:{canary.port}")]
 
 
 def test_a_name_resolving_to_any_private_address_is_refused():
