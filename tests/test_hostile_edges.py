@@ -13,7 +13,7 @@ from ops.localstack import wait_for
 from producers.api import BatchOptions
 from tests.canary import Canary, serve
 from tests.conftest import jobs
-from workers import account, keys
+from workers import account, keys, webhooks
 
 
 @pytest.fixture
@@ -191,3 +191,18 @@ def test_a_balance_block_from_creation_is_not_lifted_by_a_status_call(redis_url)
     account.block(client, 401, "key refused")  # a key a status call just used is fine
     assert account.status_worked(client) is True
     assert not account.blocked(client)
+
+
+def test_a_webhook_to_loopback_is_refused_and_recorded_without_the_allow_list(make_cluster, canary):
+    secret = webhooks.generate_secret()
+    cluster = make_cluster(workers=1, worker_env={"WANQ_WEBHOOK_SECRET": secret})
+    hook = f"http://{canary.address}/hook"
+    report = cluster.submit(jobs(3), batch=BatchOptions(webhook_url=hook))
+    cluster.wait(report.batch_id, timeout=90)
+    wait_for(lambda: cluster.redis.zcard(keys.DELIVER) == 0, "deliveries done", 60)
+
+    for record in assert_each_job_ended_once(cluster, report.batch_id, 3):
+        state = json.loads(cluster.redis.hget(keys.job(record["job_id"]), "webhook"))
+        assert state["state"] == "failed" and state["attempts"] == 1, "refused: not retried"
+        assert "127.0.0.1, a loopback address" in state["detail"]
+    assert canary.requests == []

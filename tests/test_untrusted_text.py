@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import random
 import subprocess
 import sys
@@ -160,3 +161,23 @@ def test_a_file_with_a_lone_surrogate_enqueues_nothing(redis_url):
     assert report.enqueued == 0 and sent == []
     assert report.invalid[0].error.code == errors.TEXT_ENCODING
     assert list(store.iter_batch_jobs("s")) == []
+
+
+def test_wanq_submit_prints_hostile_custom_ids_and_enqueues_the_valid_ones(redis_url, tmp_path):
+    body = sample_request(0, random.Random(5), interleave=False)
+    lines = [{"custom_id": "[/]", "body": body}, {"custom_id": "[link=x]\x1b[2J", "body": {}}]
+    source = write(tmp_path / "b.jsonl", lines)
+    env = {**os.environ, "WANQ_REDIS_URL": redis_url}
+    result = subprocess.run(
+        [sys.executable, "-m", "producers.cli", "submit", str(source), "--allow-invalid"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "\x1b[2J" not in result.stderr
+    assert "[link=x]\\x1b[2J" in result.stderr
+    batch_id = result.stdout.strip()
+    jobs = list(JobStore.from_url(redis_url).iter_batch_jobs(batch_id))
+    assert [job["custom_id"] for job in jobs] == ["[/]"]

@@ -64,9 +64,15 @@ def message_id(*parts: str) -> str:
     return f"msg_{digest[:24]}"
 
 
+def job_event_id(job_id: str, round_: int, state: str) -> str:
+    """One job ending, named by what it is, never by when: ``job_id:round:state`` (round =
+    earlier rounds in the record's history). Meant for the stream entry's ``event_id`` too."""
+    return f"{job_id}:{round_}:{state}"
+
+
 def job_message_id(job_id: str, round_: int, state: str) -> str:
     """A job's ``webhook-id``: the same for the same ending whenever it is sent again."""
-    return message_id("job", job_id, str(round_), state)
+    return message_id("job", job_event_id(job_id, round_, state))
 
 
 def batch_message_id(batch_id: str, round_: int) -> str:
@@ -183,6 +189,7 @@ __all__ = [
     "batch_message_id",
     "deliver",
     "generate_secret",
+    "job_event_id",
     "job_message_id",
     "message_id",
     "sign",
