@@ -88,6 +88,9 @@ def run(store: JobStore, settings: Settings, target: str, send_task: SendTask) -
     try:
         store.redis.zadd(keys.DELIVER, {target: time.time() + hold}, xx=True)
         outcome = deliveries.deliver(store, settings, target, send_task)
+    except Exception:  # owed again at once: the sweeper sends it after its grace period
+        store.redis.zadd(keys.DELIVER, {target: time.time()}, xx=True)
+        raise
     finally:
         if store.redis.get(lock) == token:
             store.redis.delete(lock)
