@@ -67,15 +67,17 @@ def forget_deliveries(store: JobStore, job_id: str) -> None:
     store.redis.hset(keys.batch("b"), "finished_at", "1999999999.6")
 
 
+SETTINGS = config.Settings(webhook_secret=SECRET, webhook_allow_hosts="127.0.0.1")
+
+
 def test_a_replayed_end_is_announced_with_the_same_ids(redis_url, receiver):
     url, seen = receiver
     store = JobStore.from_url(redis_url)
-    settings = config.Settings(webhook_secret=SECRET, webhook_allow_hosts="127.0.0.1")
     job_id = ended_batch(store, url, State.SUCCEEDED)
 
-    deliver_all(store, settings, job_id)
+    deliver_all(store, SETTINGS, job_id)
     forget_deliveries(store, job_id)
-    deliver_all(store, settings, job_id)
+    deliver_all(store, SETTINGS, job_id)
 
     assert [event["type"] for _, event in seen] == ["job.ended", "batch.ended"] * 2
     assert seen[0][0] == seen[2][0], "the job's webhook-id survived the replay"
@@ -86,16 +88,14 @@ def test_a_replayed_end_is_announced_with_the_same_ids(redis_url, receiver):
 def test_a_new_round_after_wanq_retry_gets_new_ids(redis_url, receiver):
     url, seen = receiver
     store = JobStore.from_url(redis_url)
-    settings = config.Settings(webhook_secret=SECRET, webhook_allow_hosts="127.0.0.1")
     job_id = ended_batch(store, url, State.FAILED)
-    deliver_all(store, settings, job_id)
+    deliver_all(store, SETTINGS, job_id)
 
-    seq = store.reopen(job_id)
-    assert seq >= 0
+    assert store.reopen(job_id) >= 0
     failure = JobFailure("001021095", "failed again").as_record()
     record = {"outputs": [], "usage": None, "error": failure}
     assert store.finish(job_id, None, State.FAILED, record, error_code="001021095")
-    deliver_all(store, settings, job_id)
+    deliver_all(store, SETTINGS, job_id)
 
     ids = [msg_id for msg_id, _ in seen]
     assert len(seen) == 4 and len(set(ids)) == 4, "round 2 is a new event for job and batch"
