@@ -48,6 +48,10 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._answer(200, b"canary", **{"Content-Type": "image/png"})
 
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.do_GET()
+
     def _answer(self, code: int, body: bytes, **headers: str) -> None:
         self.send_response(code)
         for name, value in {"Content-Length": str(len(body)), **headers}.items():

@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
+from tests.canary import Canary, serve
 from workers import netguard, webhooks
 from workers.webhooks import (
     Delivery,
@@ -304,3 +305,10 @@ def test_webhook_ids_come_from_the_job_and_its_round_never_from_a_time():
     assert first != webhooks.job_message_id("b:j1", 0, "failed")
     assert webhooks.batch_message_id("b", 0) == webhooks.batch_message_id("b", 0)
     assert webhooks.batch_message_id("b", 0) != webhooks.batch_message_id("b", 1)
+
+
+def test_an_endless_answer_body_is_never_read(secret):
+    for canary in serve(Canary(dribble=True)):  # 200, then one byte a second, forever
+        result = deliver(f"http://{canary.address}/hook", secret, MSG, PAYLOAD)
+        assert (result.ok, result.status) == (True, 200)
+        assert canary.paths == ["/hook"]

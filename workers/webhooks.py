@@ -124,8 +124,8 @@ def deliver(
     headers = sign(secret, msg_id, datetime.now(UTC), body)
     http = session or netguard.guarded_session("wanq-webhooks")
     try:
-        with netguard.send(
-            http, "POST", target, data=body.encode(), headers=headers, timeout=timeout
+        with netguard.send(  # stream: the receiver's body is never read (it could be endless)
+            http, "POST", target, data=body.encode(), headers=headers, timeout=timeout, stream=True
         ) as response:
             code = response.status_code
             retry_after = _retry_after(response.headers.get("Retry-After"))
