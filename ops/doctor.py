@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import redis
 
 from workers import account, config, connection, keys
+from workers.celeryconf import sending_app
 from workers.provider import AccountProblem, ProviderClient, Rejected, Transient
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -43,7 +44,7 @@ def run(environ: dict[str, str] | None = None, worker_timeout: float = 3.0) -> l
         return [*checks, _provider(settings)]
     checks.append(Check("redis", OK, f"{config.safe_url(settings.broker_url)} answers"))
     checks += list(_persistence(client))
-    checks += list(_workers(worker_timeout))
+    checks += list(_workers(settings, worker_timeout))
     checks.append(_account(client))
     checks.append(_provider(settings))
     return checks
@@ -109,9 +110,8 @@ def _persistence(client: redis.Redis) -> Iterator[Check]:
         yield Check("eviction", OK, "noeviction: Redis refuses writes rather than drop jobs")
 
 
-def _workers(timeout: float) -> Iterator[Check]:
-    from workers.app import app  # imports the Celery app only for this check
-
+def _workers(settings: config.Settings, timeout: float) -> Iterator[Check]:
+    app = sending_app(settings)  # remote control needs only the broker, not the tasks
     try:
         replies = app.control.inspect(timeout=timeout).active_queues() or {}
     except Exception as exc:  # broker trouble is reported, never raised

@@ -23,8 +23,10 @@ from pathlib import Path
 import redis
 import requests
 
+from workers.errors import WanqError
 
-class StackError(RuntimeError):
+
+class StackError(WanqError, RuntimeError):
     pass
 
 

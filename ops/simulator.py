@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import copy
 import dataclasses
 import hmac
 import json
@@ -36,7 +35,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ops import sim_images
+from ops import sim_images, sim_rules
 from workers import errors
 
 log = logging.getLogger("wanq.simulator")
@@ -56,7 +55,6 @@ COUNTERS = (
 )
 FAULT_KINDS = ("5xx", "429", "slow", "broken")
 SERVER_ERRORS = {500: "Internal server error", 502: "Bad gateway", 503: "Service unavailable"}
-REMOTE_IMAGE_PREFIXES = ("http://", "https://", "data:")  # what the API can fetch
 PLACEHOLDER_IMAGE_URL = "https://sim.invalid/local-file.png"
 BROKEN_BODY = '{"status": "compl'
 STEP_TEXTS = ("sketch the layout", "block in the colours", "refine the details", "final pass")
@@ -205,45 +203,6 @@ def _abbreviate(value: Any) -> Any:
     return value
 
 
-def _validate(body: object) -> None:
-    # imported here so the simulator still starts while producers/ is being changed
-    from producers.validation import ValidationOptions, validate_request
-
-    checked, local_field = _without_local_files(body)
-    validate_request(checked, ValidationOptions(check_images=False))
-    if local_field is not None:
-        detail = "the API accepts only http(s) URLs and data URIs"
-        raise errors.ValidationError(errors.IMAGE_REFERENCE, detail, local_field)
-
-
-def _without_local_files(body: object) -> tuple[object, str | None]:
-    """Swap image references that are neither URLs nor data URIs for a placeholder URL.
-
-    wanq's validation turns local files into data URIs; the real API cannot read our disk
-    and refuses them, so the simulator must too, after the provider-ordered checks and
-    without ever reading a file. Returns the body to validate and the first such field.
-    """
-    try:
-        content = body["input"]["messages"][0]["content"]
-    except (KeyError, IndexError, TypeError):
-        return body, None
-    if not isinstance(content, list):
-        return body, None
-    local = [
-        i
-        for i, item in enumerate(content)
-        if isinstance(item, dict)
-        and isinstance(item.get("image"), str)
-        and not item["image"][:8].lower().startswith(REMOTE_IMAGE_PREFIXES)
-    ]
-    if not local:
-        return body, None
-    checked = copy.deepcopy(body)
-    for i in local:
-        checked["input"]["messages"][0]["content"][i]["image"] = PLACEHOLDER_IMAGE_URL
-    return checked, f"input.messages[0].content[{local[0]}].image"
-
-
 class Simulator:
     """The server's state and its request handlers (bound methods)."""
 
@@ -355,7 +314,7 @@ class Simulator:
             self.counters["creates_rejected"] += 1
             return _error(400, errors.MISSING_INPUT, "Malformed JSON body")
         try:
-            _validate(body)
+            sim_rules.check(body)
         except errors.ValidationError as exc:
             self.counters["creates_rejected"] += 1
             return _error(400, exc.code, exc.message)

@@ -12,13 +12,12 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
-import io
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 from producers.batchfile import BatchLine
 from producers.publish import TaskPublisher, task_publisher
@@ -26,7 +25,9 @@ from producers.submit import Source, SubmitReport, submit_file, validate_file
 from producers.validation import ValidationOptions
 from workers import config, connection, deliveries, keys, netguard
 from workers.batches import BatchStatus, batch_status
+from workers.celeryconf import sending_app
 from workers.finalize import cancel, public_record
+from workers.names import TaskName, priority_weight
 from workers.store import TERMINAL, JobStore, State
 
 RESULT_FIELDS = (
@@ -52,9 +53,15 @@ class BatchOptions:
     webhook_url: str | None = None  # each ended job, then the batch, POSTed there (signed)
     callback_task: str | None = None  # a Celery task called with each ended job's record
     batch_callback_task: str | None = None  # a Celery task called once with the final counts
+    priority: str | float = "normal"  # high / normal / low or a weight: its share of the cap
+    max_in_flight: int = 0  # this batch's own cap under the cluster's (0: none)
 
     def meta(self) -> dict[str, object]:
-        meta: dict[str, object] = {"state": "active"}
+        if self.max_in_flight < 0:
+            raise ValueError("max_in_flight is 0 (no limit of its own) or a positive number")
+        meta: dict[str, object] = {"state": "active", "weight": priority_weight(self.priority)}
+        if self.max_in_flight:
+            meta["max_in_flight"] = self.max_in_flight
         if self.max_cost is not None:
             meta["max_cost_micros"] = round(self.max_cost * 1_000_000)
         for name in ("webhook_url", "callback_task", "batch_callback_task"):
@@ -69,7 +76,7 @@ class Wanq:
 
     def __init__(self, settings: config.Settings | None = None) -> None:
         self.settings = settings or config.load()
-        self.store = JobStore.from_url(self.settings.broker_url)
+        self.store = JobStore.from_settings(self.settings)
 
     # --- submitting ----------------------------------------------------------------------
 
@@ -130,7 +137,7 @@ class Wanq:
             time.sleep(interval)
 
     def batches(self) -> list[BatchStatus]:
-        return [self.status(b) for b in self.store.redis.zrange(keys.BATCHES, 0, -1)]
+        return [self.status(b) for b in self.store.batch_ids()]
 
     def results(self, batch_id: str, state: str | None = None) -> Iterator[dict[str, Any]]:
         """One record per job, in submission order, streamed from Redis."""
@@ -152,10 +159,18 @@ class Wanq:
         fields = {} if max_cost is None else {"max_cost_micros": round(max_cost * 1_000_000)}
         self.store.set_control(batch_id, "active", **fields)
         released = 0
-        with self._publisher() as publisher:
-            while chunk := self.store.release(keys.batch_parked(batch_id), 1000):
-                released += publisher.publish("wanq.create", chunk)
+        while moved := self.store.requeue_parked(batch_id, 1000):
+            released += moved
+        self._admit()
         return released
+
+    def set_priority(self, batch_id: str, level: str | float) -> float:
+        """Change a batch's share of the in-flight cap from now on; returns its weight."""
+        self._require(batch_id)
+        weight = priority_weight(level)
+        self.store.set_fields(keys.batch(batch_id), {"weight": repr(weight)})
+        self._admit()
+        return weight
 
     def cancel(self, batch_id: str) -> int:
         """Jobs not created yet are never created; jobs in flight end ``cancelled`` now.
@@ -213,21 +228,28 @@ class Wanq:
         if not self.store.batch(batch_id):
             raise KeyError(f"no batch {batch_id!r}")
 
+    def _admit(self) -> int:
+        """Start waiting jobs on the free in-flight slots now, rather than at the next sweep."""
+        started = 0
+        with self._publisher() as publisher:
+            while chunk := self.store.admit(1000):
+                started += publisher.publish(TaskName.CREATE, chunk)
+        return started
+
     def _publish(self, name: str, args_list: Iterable[tuple]) -> None:
         with self._publisher() as publisher:
             publisher.publish(name, args_list)
 
     @contextmanager
     def _publisher(self) -> Iterator[TaskPublisher]:
-        from workers.app import app
-
+        app = sending_app(self.settings)
         # This process may talk to another Redis than its environment names (wanq run, tests).
         url, sentinel_options = connection.broker(self.settings.broker_url)
         with task_publisher(app, self.store.redis, url, sentinel_options) as publisher:
             yield publisher
 
 
-def write_results(records: Iterable[dict[str, Any]], out: io.TextIOBase, fmt: str = "jsonl") -> int:
+def write_results(records: Iterable[dict[str, Any]], out: IO[str], fmt: str = "jsonl") -> int:
     """Stream records as JSON Lines or CSV (nested fields JSON-encoded); returns the count.
 
     CSV cells are quoted and, when they start like a formula, neutralised the way OWASP

@@ -75,7 +75,7 @@ def read_batch(
     return _capped(_read(stream, owned, options))
 
 
-def _capped(lines: Iterator[BatchLine]) -> Iterator[BatchLine]:
+def _capped(lines: Generator[BatchLine, None, None]) -> Iterator[BatchLine]:
     """At most MAX_JOBS lines, then one error line: a batch that size is a mistake or a split."""
     for count, line in enumerate(lines, start=1):
         if count > MAX_JOBS:
@@ -104,7 +104,9 @@ def _open(source: str | Path | IO[bytes]) -> tuple[IO[bytes], bool]:
     return source, False
 
 
-def _read(stream: IO[bytes], owned: bool, options: ValidationOptions) -> Iterator[BatchLine]:
+def _read(
+    stream: IO[bytes], owned: bool, options: ValidationOptions
+) -> Generator[BatchLine, None, None]:
     seen: set[str] = set()
     try:
         for number, raw in enumerate(_raw_lines(stream), start=1):
@@ -137,7 +139,7 @@ def _skip_rest_of_line(stream: IO[bytes]) -> None:
 
 def _read_csv(
     rows: Generator[csvfile.Row, None, None], options: ValidationOptions
-) -> Iterator[BatchLine]:
+) -> Generator[BatchLine, None, None]:
     seen: set[str] = set()
     try:
         for row in rows:

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import json
-import signal
 import sys
 from pathlib import Path
 
 import click
 
-from producers import cli_cluster
 from producers.batchfile import BatchLine
 from producers.terminal import console, out, plain
 from producers.validation import ValidationOptions
 from workers import config
 from workers.errors import message_for
+from workers.names import priority_name, priority_weight
 
 EXIT_INVALID = 1
 EXIT_UNREADABLE = 2
@@ -97,6 +96,18 @@ def _line_json(line: BatchLine) -> dict:
 @click.option("--webhook", help="POST each ended job, then the batch, here (signed).")
 @click.option("--callback-task", help="Celery task called with each ended job's record.")
 @click.option("--batch-callback-task", help="Celery task called once with the final counts.")
+@click.option(
+    "--priority",
+    default="normal",
+    show_default=True,
+    help="high, normal, low or a weight (0.1-1000): the batch's share of the in-flight cap.",
+)
+@click.option(
+    "--max-in-flight",
+    type=click.IntRange(min=0),
+    default=0,
+    help="This batch's own cap on remote tasks in flight, under the cluster's (0: none).",
+)
 def submit(
     file: str,
     batch_id: str | None,
@@ -108,15 +119,23 @@ def submit(
     webhook: str | None,
     callback_task: str | None,
     batch_callback_task: str | None,
+    priority: str,
+    max_in_flight: int,
 ) -> None:
     """Validate FILE (.jsonl or .csv; - for standard input) and enqueue its jobs."""
+    try:
+        priority_weight(priority)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--priority") from None
     if dry_run:
         _dry_run(file, truncate)
         return
     from producers.api import BatchOptions
 
     client = _client()
-    batch = BatchOptions(max_cost, webhook, callback_task, batch_callback_task)
+    batch = BatchOptions(
+        max_cost, webhook, callback_task, batch_callback_task, priority, max_in_flight
+    )
     report = _submit(client, file, batch_id, allow_invalid, truncate, batch)
     out.print(plain(report.batch_id))
     if wait:
@@ -211,17 +230,31 @@ def batches() -> None:
     """Every batch with its state, progress and cost."""
     from rich.table import Table
 
-    table = Table("batch", "state", "ended", "jobs", "failed", "cost")
+    table = Table("batch", "state", "priority", "ended", "jobs", "failed", "cost")
     for status in _client().batches():
         table.add_row(
             plain(status.batch_id),
             status.state,
+            status.priority,
             str(status.ended),
             str(status.total),
             str(status.counts.get("failed", 0)),
             f"${status.cost:.2f}",
         )
     out.print(table)
+
+
+@main.command()
+@click.argument("batch")
+@click.argument("level")
+def priority(batch: str, level: str) -> None:
+    """Change BATCH's share of the in-flight cap: high, normal, low or a weight (0.1-1000)."""
+    try:
+        priority_weight(level)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="LEVEL") from None
+    weight = _steer(lambda client: client.set_priority(batch, level), batch)
+    console.print(f"batch {plain(batch)}: priority {priority_name(weight)} (weight {weight:g})")
 
 
 @main.command()
@@ -324,68 +357,9 @@ def results(batch: str, fmt: str, state: str | None, path: str | None) -> None:
     if path:
         with open(path, "w", encoding="utf-8", newline="") as handle:
             n = write_results(client.results(batch, state), handle, fmt)
-        console.print(f"{n} records written to {path}")
+        console.print(f"{n} records written to {plain(path)}")
     else:
         write_results(client.results(batch, state), sys.stdout, fmt)
-
-
-@main.command()
-@click.argument("file")
-@click.option("--out", "path", type=click.Path(dir_okay=False), help="Results file (JSON Lines).")
-@click.option("--batch-id")
-@click.option("--allow-invalid", is_flag=True, help="Submit the valid lines even if some are not.")
-@click.option("--workers", default=2, show_default=True, help="Worker processes to start locally.")
-@click.option(
-    "--sim/--no-sim",
-    default=None,
-    help="Start the provider simulator (default: when "
-    "no Redis is configured and the provider URL is the default).",
-)
-@click.option(
-    "--timeout", type=float, default=None, help="Give up waiting after this many seconds."
-)
-def run(
-    file: str,
-    path: str | None,
-    batch_id: str | None,
-    allow_invalid: bool,
-    workers: int,
-    sim: bool | None,
-    timeout: float | None,
-) -> None:
-    """The one-machine path: start what is missing, submit FILE, wait, write the results."""
-    from ops.localstack import LocalStack
-    from producers.api import write_results
-    from producers.progress import Stopwatch, summary_table, watch
-
-    for signum in (signal.SIGTERM, signal.SIGHUP):  # stop what we started, as on Ctrl-C
-        signal.signal(signum, cli_cluster.exit_on_signal)
-
-    settings = config.load()
-    stack = LocalStack(settings.data_path)
-    try:
-        settings = cli_cluster.local_parts(stack, settings, sim, workers)
-        client = _client(settings)
-        clock = Stopwatch()
-        report = _submit(client, file, batch_id, allow_invalid, False)
-        cli_cluster.print_flower(stack)
-        final = watch(client, report.batch_id, console, timeout=timeout)
-        target = Path(path or settings.data_path / "results" / f"{report.batch_id}.jsonl")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with open(target, "w", encoding="utf-8") as handle:
-            written = write_results(client.results(report.batch_id), handle)
-        console.print(summary_table(final, clock.elapsed))
-        console.print(f"{written} results written to {target}")
-        if settings.archive_dir:
-            console.print(f"outputs archived under {Path(settings.archive_dir) / report.batch_id}")
-    finally:
-        if stack.processes:
-            console.print("stopping what wanq run started ...")
-            stack.stop()
-
-
-for _command in cli_cluster.COMMANDS:
-    main.add_command(_command)
 
 
 if __name__ == "__main__":

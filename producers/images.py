@@ -204,8 +204,9 @@ def _has_transparency(image: Image.Image) -> bool:
         return True
     if "A" not in image.getbands():
         return False
-    lowest, _highest = image.getchannel("A").getextrema()
-    return lowest < 255
+    extrema = image.getchannel("A").getextrema()
+    lowest = extrema[0] if isinstance(extrema, tuple) else extrema
+    return bool(float(lowest) < 255)  # type: ignore[arg-type]  # one band: (min, max) of ints
 
 
 @contextmanager

@@ -79,8 +79,19 @@ class TaskPublisher:
             sent += len(chunk)
         return sent
 
-    def send_task(self, name: str, args: tuple = ()) -> None:
-        """One task, called as ``app.send_task`` is (what workers.finalize takes)."""
+    def send_task(
+        self,
+        name: str,
+        args: tuple[Any, ...] = (),
+        *,
+        kwargs: dict[str, Any] | None = None,
+        countdown: float | None = None,
+        queue: str | None = None,
+    ) -> None:
+        """One task, as a ``workers.sender.Sender``: what ending a job sets off (a delivery,
+        the next job's create). Producers send no countdowns, options or other queues."""
+        if kwargs or countdown is not None or queue is not None:
+            raise ValueError("the bulk publisher sends plain (name, args) messages only")
         self.publish(name, [args])
 
     def _publish(self, name: str, chunk: list[tuple], route: tuple[str, int]) -> None:

@@ -62,7 +62,7 @@ def validate_file(source: Source, options: ValidationOptions) -> Iterator[BatchL
 
 def submit_file(
     store: JobStore,
-    send_create: Callable[[Iterable[tuple[str, int]]], None],
+    send_create: Callable[[Iterable[tuple[str, int]]], object],
     source: Source,
     *,
     batch_id: str | None = None,
@@ -120,17 +120,18 @@ def _chunks(jobs: Iterable[Job]) -> Iterator[list[Job]]:
 
 def _enqueue(
     store: JobStore,
-    send_create: Callable[[Iterable[tuple[str, int]]], None],
+    send_create: Callable[[Iterable[tuple[str, int]]], object],
     jobs: Iterable[Job],
     report: SubmitReport,
 ) -> None:
-    """Records first, a chunk at a time, then the create messages of the jobs that are new."""
+    """Records first, a chunk at a time, then the create messages of the new jobs that may
+    start now (all of them without an in-flight cap)."""
     for chunk in _chunks(jobs):
-        fresh = store.enqueue_many(report.batch_id, chunk)
-        report.enqueued += len(fresh)
-        report.existing += len(chunk) - len(fresh)
-        if fresh:
-            send_create((job_id, 0) for job_id in fresh)
+        done = store.enqueue_many(report.batch_id, chunk)
+        report.enqueued += len(done.new)
+        report.existing += len(chunk) - len(done.new)
+        if done.admitted:  # the rest wait in Redis for an in-flight slot (no message)
+            send_create(done.admitted)
 
 
 class _Spool:

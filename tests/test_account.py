@@ -32,7 +32,7 @@ def test_account_problem_pauses_then_resumes(make_cluster, switch, http_status, 
     assert status.account_block["http_status"] == str(http_status)
 
     shown = subprocess.run(
-        [sys.executable, "-m", "producers.cli", "status", report.batch_id, "--json"],
+        [sys.executable, "-m", "ops.cli", "status", report.batch_id, "--json"],
         env={**cluster.stack.env, "WANQ_REDIS_URL": cluster.redis_url},
         capture_output=True,
         text=True,

@@ -19,7 +19,7 @@ DEMO = Path(__file__).resolve().parent.parent / "ops" / "samples" / "demo.jsonl"
 
 def wanq(*args: str, env: dict[str, str] | None = None, stdin: str | None = None):
     return subprocess.run(
-        [sys.executable, "-m", "producers.cli", *args],
+        [sys.executable, "-m", "ops.cli", *args],
         env=env,
         input=stdin,
         capture_output=True,

@@ -146,7 +146,7 @@ def parse(words: list[str]) -> Parsed:
     """Parse a command line with the real command line interface; raises on any error."""
     program = Path(words[0]).name
     if program == "wanq":
-        from producers.cli import main
+        from ops.cli import main
 
         ctx = main.make_context("wanq", words[1:])
         name, command, rest = _split(main, ctx, words[1:])

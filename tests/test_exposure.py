@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ops import cli_cluster
 from ops.localstack import LocalStack, free_port, wait_for
-from producers import cli_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 LISTEN = "0A"

@@ -71,7 +71,7 @@ def scrape(url: str) -> Samples:
 def wanq_status(cluster, batch_id: str) -> dict:
     env = {**WORKER_ENV, "WANQ_REDIS_URL": cluster.redis_url}
     result = subprocess.run(
-        [sys.executable, "-m", "producers.cli", "status", batch_id, "--json"],
+        [sys.executable, "-m", "ops.cli", "status", batch_id, "--json"],
         env=env,
         capture_output=True,
         text=True,
@@ -235,7 +235,9 @@ def test_scrape_reads_only_the_most_recent_batches(redis_url):
     pipe.rpush(keys.POLL_QUEUE, "m4")
     pipe.hset(metrics.UNACKED_KEY, mapping={"tag1": "x", "tag2": "y"})
     pipe.zadd(keys.INFLIGHT, {f"b204:j{i}": i for i in range(9)})
-    pipe.zadd(keys.SLOTS, {f"b204:k{i}": i for i in range(4)})
+    pipe.zadd(keys.batch_ready("b204"), {f"b204:k{i}": i for i in range(3)})
+    pipe.zadd(keys.batch_ready("b203"), {"b203:k0": 0})
+    pipe.zadd(keys.READY, {"b204": 0, "b203": 0})
     pipe.execute()
 
     samples = collect(client, batch_limit=200)
@@ -331,9 +333,7 @@ def test_wanq_metrics_command_serves_the_endpoint(redis_server, redis_url, tmp_p
     port = free_port()
     stack = LocalStack(tmp_path)
     env = {**os.environ, "WANQ_REDIS_URL": redis_url, "WANQ_MAX_IN_FLIGHT": "50"}
-    stack._spawn(
-        "metrics", [sys.executable, "-m", "producers.cli", "metrics", "--port", str(port)], env
-    )
+    stack._spawn("metrics", [sys.executable, "-m", "ops.cli", "metrics", "--port", str(port)], env)
     try:
         url = f"http://127.0.0.1:{port}/metrics"
         samples = wait_for(lambda: scrape(url), "wanq metrics")

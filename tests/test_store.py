@@ -94,9 +94,9 @@ def test_lease_has_one_holder_until_it_expires(store):
 def test_enqueue_many_returns_the_new_jobs_and_counts_them_once(store):
     request = json.dumps(REQUEST)
     first = [(f"c{n}", request, n + 1) for n in range(250)]  # three scripts of ENQUEUE_SLICE
-    assert store.enqueue_many("b", first) == [keys.job_id("b", f"c{n}") for n in range(250)]
+    assert store.enqueue_many("b", first).new == [keys.job_id("b", f"c{n}") for n in range(250)]
     again = [("c3", "{}", 9), ("new", request, 251), ("c0", "{}", 9)]
-    assert store.enqueue_many("b", again) == ["b:new"]
+    assert store.enqueue_many("b", again).new == ["b:new"]
     assert store.batch("b")["total"] == store.batch("b")["n:queued"] == "251"
     listed = store.redis.lrange(keys.batch_jobs("b"), 0, -1)
     assert listed == [keys.job_id("b", c) for c, _, _ in first] + ["b:new"]
@@ -114,7 +114,7 @@ def test_enqueue_slices_by_bytes_too(store, monkeypatch):
     monkeypatch.setattr(store_module, "ENQUEUE_SLICE_BYTES", 1500)
     big = json.dumps({**REQUEST, "pad": "x" * 600})
     jobs = [(f"c{n}", big, n + 1) for n in range(7)]
-    assert store.enqueue_many("b", jobs) == [f"b:c{n}" for n in range(7)]
-    assert store.enqueue_many("b", [*jobs, ("c7", big, 8)]) == ["b:c7"]
+    assert store.enqueue_many("b", jobs).new == [f"b:c{n}" for n in range(7)]
+    assert store.enqueue_many("b", [*jobs, ("c7", big, 8)]).new == ["b:c7"]
     assert store.batch("b")["total"] == "8"
     assert store.redis.lrange(keys.batch_jobs("b"), 0, -1) == [f"b:c{n}" for n in range(8)]

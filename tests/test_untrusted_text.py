@@ -72,7 +72,7 @@ def test_wanq_validate_prints_hostile_custom_ids_without_crashing(tmp_path):
     bad_body = {"model": "not-wan"}  # every line is invalid, so every custom_id is printed
     source = write(tmp_path / "b.jsonl", [{"custom_id": c, "body": bad_body} for c in HOSTILE_IDS])
     result = subprocess.run(
-        [sys.executable, "-m", "producers.cli", "validate", str(source)],
+        [sys.executable, "-m", "ops.cli", "validate", str(source)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -169,7 +169,7 @@ def test_wanq_submit_prints_hostile_custom_ids_and_enqueues_the_valid_ones(redis
     source = write(tmp_path / "b.jsonl", lines)
     env = {**os.environ, "WANQ_REDIS_URL": redis_url}
     result = subprocess.run(
-        [sys.executable, "-m", "producers.cli", "submit", str(source), "--allow-invalid"],
+        [sys.executable, "-m", "ops.cli", "submit", str(source), "--allow-invalid"],
         capture_output=True,
         text=True,
         timeout=120,

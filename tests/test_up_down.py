@@ -116,7 +116,7 @@ def test_wanq_run_stops_what_it_started_when_terminated(tmp_path):
     }
     batch = write_lines(tmp_path / "slow.jsonl", jobs(5))
     run = subprocess.Popen(
-        [sys.executable, "-m", "producers.cli", "run", str(batch), "--sim", "--workers", "1"],
+        [sys.executable, "-m", "ops.cli", "run", str(batch), "--sim", "--workers", "1"],
         env=env,
         stderr=subprocess.PIPE,
         text=True,

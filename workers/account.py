@@ -17,6 +17,7 @@ import time
 import redis
 
 from workers import keys
+from workers.connection import text_map
 
 
 def block(client: redis.Redis, http_status: int, reason: str, source: str = "create") -> None:
@@ -51,7 +52,7 @@ def status_worked(client: redis.Redis) -> bool:
 
 def blocked(client: redis.Redis) -> dict[str, str]:
     """The block, if any: ``{"reason": ..., "http_status": ..., "since": ...}``; empty if fine."""
-    return client.hgetall(keys.ACCOUNT)
+    return text_map(client.hgetall(keys.ACCOUNT))
 
 
 def probe_due(client: redis.Redis, interval: float) -> bool:

@@ -32,6 +32,7 @@ import requests
 import urllib3
 
 from workers import netguard
+from workers.errors import WanqError
 
 CHUNK_BYTES = 64 * 1024
 MAX_REDIRECTS = 3
@@ -67,7 +68,7 @@ class DownloadLimits:
         return netguard.Policy(self.allow_private, allowed)
 
 
-class ArchiveError(Exception):
+class ArchiveError(WanqError):
     """A download or write that failed, in plain words (never the URL or any secret)."""
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from workers import account
+from workers.names import PRIORITIES, priority_name
 from workers.store import ALL_STATES, TERMINAL, JobStore
 
 CONTROL_WORDS = {
@@ -29,6 +30,14 @@ class BatchStatus:
     submitted_at: float = 0.0
     finished_at: float | None = None
     account_block: dict[str, str] = field(default_factory=dict)
+    weight: float = 2.0  # its share of the in-flight cap (workers.names.PRIORITIES)
+    max_in_flight: int = 0  # its own cap under the cluster's (0: none)
+    in_flight: int = 0  # its jobs holding an in-flight slot now
+    waiting_for_slot: int = 0  # its jobs waiting in Redis for a slot (no message yet)
+
+    @property
+    def priority(self) -> str:
+        return priority_name(self.weight)
 
     @property
     def ended(self) -> int:
@@ -54,6 +63,11 @@ class BatchStatus:
             "in_flight_worst_case_usd": round(self.reserved, 6),
             "failures_by_code": self.failures,
             "account": self.account_block or None,
+            "priority": self.priority,
+            "weight": self.weight,
+            "max_in_flight": self.max_in_flight or None,
+            "in_flight": self.in_flight,
+            "waiting_for_slot": self.waiting_for_slot,
             "done": self.done,
             "submitted_at": self.submitted_at,
             "finished_at": self.finished_at,
@@ -80,4 +94,8 @@ def batch_status(store: JobStore, batch_id: str) -> BatchStatus:
         submitted_at=float(raw.get("submitted_at") or 0),
         finished_at=float(raw["finished_at"]) if raw.get("finished_at") else None,
         account_block=account.blocked(store.redis),
+        weight=float(raw.get("weight") or PRIORITIES["normal"]),
+        max_in_flight=int(raw.get("max_in_flight") or 0),
+        in_flight=int(raw.get("inflight") or 0),
+        waiting_for_slot=store.waiting_for_slot(batch_id),
     )

@@ -13,6 +13,7 @@ import os
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from workers import connection
@@ -120,7 +121,7 @@ def load(environ: dict[str, str] | None = None) -> Settings:
     """Build settings from ``WANQ_<FIELD>`` variables (e.g. ``WANQ_REDIS_URL``)."""
     env = os.environ if environ is None else environ
     defaults = Settings()
-    values: dict[str, object] = {}
+    values: dict[str, Any] = {}
     for f in fields(Settings):
         raw = env.get("WANQ_" + f.name.upper())
         if raw is not None and raw != "":

@@ -29,6 +29,8 @@ from redis.backoff import EqualJitterBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelManagedConnection
 
+from workers.errors import ConfigError
+
 DEFAULT_MASTER = "mymaster"
 SENTINEL_PORT = 26379
 HEALTH_CHECK_INTERVAL = 25
@@ -90,10 +92,10 @@ def parse_sentinel(url: str) -> SentinelURL | None:
     for part in parts:
         split = urlsplit(part)
         if split.scheme != "sentinel":
-            raise ValueError("WANQ_REDIS_URL: every URL of a ';' list must be sentinel://")
+            raise ConfigError("WANQ_REDIS_URL: every URL of a ';' list must be sentinel://")
         for key, value in parse_qsl(split.query):
             if key not in ("master_name", "sentinel_password"):
-                raise ValueError(
+                raise ConfigError(
                     f"WANQ_REDIS_URL: unknown option {key!r} on a sentinel:// URL "
                     "(wanq reads master_name and sentinel_password)"
                 )
@@ -102,7 +104,7 @@ def parse_sentinel(url: str) -> SentinelURL | None:
     first = urlsplit(parts[0])
     db = first.path.strip("/") or "0"
     if not db.isdigit():
-        raise ValueError(f"WANQ_REDIS_URL: the database must be a number, not {db!r}")
+        raise ConfigError(f"WANQ_REDIS_URL: the database must be a number, not {db!r}")
     return SentinelURL(
         sentinels=tuple(sentinels),
         master_name=options.get("master_name") or DEFAULT_MASTER,
@@ -123,14 +125,14 @@ def _parse_redis_sentinel(url: str) -> SentinelURL:
     for host in hosts.split(","):
         name, _, port = host.strip().rpartition(":") if ":" in host else (host.strip(), "", "")
         if not name or (port and not port.isdigit()):
-            raise ValueError(f"WANQ_REDIS_URL: cannot read the sentinel address {host!r}")
+            raise ConfigError(f"WANQ_REDIS_URL: cannot read the sentinel address {host!r}")
         sentinels.append((name, int(port) if port else SENTINEL_PORT))
     path = [segment for segment in split.path.split("/") if segment]
     if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
-        raise ValueError("WANQ_REDIS_URL: redis+sentinel:// URLs end in /MASTER_NAME[/DB]")
+        raise ConfigError("WANQ_REDIS_URL: redis+sentinel:// URLs end in /MASTER_NAME[/DB]")
     options = dict(parse_qsl(split.query))
     if set(options) - {"sentinel_password"}:
-        raise ValueError("WANQ_REDIS_URL: redis+sentinel:// reads only sentinel_password")
+        raise ConfigError("WANQ_REDIS_URL: redis+sentinel:// reads only sentinel_password")
     return SentinelURL(
         sentinels=tuple(sentinels),
         master_name=path[0],
@@ -174,3 +176,17 @@ def connect(url: str) -> redis.Redis:
         connection_class=MasterConnection,
         **SOCKET_TIMEOUTS,
     )
+
+
+def text(value: Any) -> str:
+    """A reply of a client made by ``connect`` (decode_responses=True): redis-py's stubs type
+    replies as bytes or str whatever the client, so the store narrows them here, in one place."""
+    return "" if value is None else str(value)
+
+
+def texts(values: Any) -> list[str]:
+    return [str(v) for v in values]
+
+
+def text_map(values: Any) -> dict[str, str]:
+    return {str(k): str(v) for k, v in values.items()}

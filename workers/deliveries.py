@@ -21,12 +21,12 @@ from workers import archive, keys, netguard, webhooks
 from workers.batches import batch_status
 from workers.config import Settings
 from workers.finalize import public_record
+from workers.names import QueueName, State, target_batch
 from workers.schedule import RetryPolicy
-from workers.store import JobStore, State
+from workers.sender import Sender
+from workers.store import JobStore
 
 log = logging.getLogger("wanq.deliveries")
-
-BATCH_PREFIX = "batch:"
 
 
 @dataclass(frozen=True)
@@ -36,19 +36,20 @@ class Outcome:
     retry_in: float | None = None
 
 
-def deliver(store: JobStore, settings: Settings, target: str, send_task) -> Outcome:
-    if target.startswith(BATCH_PREFIX):
-        outcome = _deliver_batch(store, settings, target.removeprefix(BATCH_PREFIX), send_task)
+def deliver(store: JobStore, settings: Settings, target: str, send: Sender) -> Outcome:
+    batch_id = target_batch(target)
+    if batch_id is not None:
+        outcome = _deliver_batch(store, settings, batch_id, send)
     else:
-        outcome = _deliver_job(store, settings, target, send_task)
+        outcome = _deliver_job(store, settings, target, send)
     if outcome.retry_in is None:
-        store.redis.zrem(keys.DELIVER, target)
+        store.deliveries.remove(target)
     else:
-        store.redis.zadd(keys.DELIVER, {target: time.time() + outcome.retry_in}, xx=True)
+        store.deliveries.add({target: time.time() + outcome.retry_in}, only_existing=True)
     return outcome
 
 
-def _deliver_job(store: JobStore, settings: Settings, job_id: str, send_task) -> Outcome:
+def _deliver_job(store: JobStore, settings: Settings, job_id: str, send: Sender) -> Outcome:
     job = store.job(job_id)
     if not job:
         return Outcome()
@@ -57,8 +58,8 @@ def _deliver_job(store: JobStore, settings: Settings, job_id: str, send_task) ->
         job = archive_job(store, settings, job_id, job)
     record = public_record(job_id, job)
     if batch.get("callback_task") and not job.get("callback_sent"):
-        send_task(batch["callback_task"], args=(record,), queue=keys.CALLBACK_QUEUE)
-        store.redis.hset(keys.job(job_id), "callback_sent", "1")
+        send(batch["callback_task"], (record,), queue=QueueName.CALLBACKS)
+        store.set_fields(keys.job(job_id), {"callback_sent": "1"})
     if batch.get("webhook_url"):
         event = {"type": "job.ended", "data": record}
         round_ = len(json.loads(job.get("history") or "[]"))  # earlier rounds (wanq retry)
@@ -67,14 +68,14 @@ def _deliver_job(store: JobStore, settings: Settings, job_id: str, send_task) ->
     return Outcome()
 
 
-def _deliver_batch(store: JobStore, settings: Settings, batch_id: str, send_task) -> Outcome:
+def _deliver_batch(store: JobStore, settings: Settings, batch_id: str, send: Sender) -> Outcome:
     batch = store.batch(batch_id)
     if not batch or batch.get("final_sent"):
         return Outcome()
     counts = batch_status(store, batch_id).as_dict()
     if batch.get("batch_callback_task") and not batch.get("final_task_sent"):
-        send_task(batch["batch_callback_task"], args=(counts,), queue=keys.CALLBACK_QUEUE)
-        store.redis.hset(keys.batch(batch_id), "final_task_sent", "1")
+        send(batch["batch_callback_task"], (counts,), queue=QueueName.CALLBACKS)
+        store.set_fields(keys.batch(batch_id), {"final_task_sent": "1"})
     outcome = Outcome()
     round_ = int(batch.get("final_rounds") or 0)  # ends announced before (wanq retry re-opens)
     if batch.get("webhook_url"):
@@ -84,8 +85,8 @@ def _deliver_batch(store: JobStore, settings: Settings, batch_id: str, send_task
             store, settings, keys.batch(batch_id), batch["webhook_url"], msg_id, event
         )
     if outcome.retry_in is None:
-        done = {"final_sent": "1", "final_rounds": round_ + 1}
-        store.redis.hset(keys.batch(batch_id), mapping=done)
+        done = {"final_sent": "1", "final_rounds": str(round_ + 1)}
+        store.set_fields(keys.batch(batch_id), done)
     return outcome
 
 
@@ -94,15 +95,15 @@ def _webhook(
 ) -> Outcome:
     """One signed attempt; its state is kept in the record under ``webhook`` (a state for
     another id belongs to an earlier round and starts afresh)."""
-    state = json.loads(store.redis.hget(key, "webhook") or "{}")
+    state = json.loads(store.get_field(key, "webhook") or "{}")
     if state.get("id") != msg_id:
         state = {}
     if state.get("state") in ("delivered", "failed"):
         return Outcome()
     attempts = int(state.get("attempts", 0)) + 1
-    policy = netguard.Policy.from_setting(settings.webhook_allow_hosts)
+    receivers = netguard.Policy.from_setting(settings.webhook_allow_hosts)
     try:
-        result = webhooks.deliver(url, settings.webhook_secret, msg_id, event, policy=policy)
+        result = webhooks.deliver(url, settings.webhook_secret, msg_id, event, policy=receivers)
     except ValueError as exc:  # a URL stored before it was checked at submission
         result = webhooks.Delivery(False, None, False, None, str(exc))
     policy = RetryPolicy(settings.webhook_attempts, settings.backoff_base, settings.backoff_cap)
@@ -114,7 +115,7 @@ def _webhook(
         "last_status": result.status,
         "detail": result.detail,
     }
-    store.redis.hset(key, "webhook", json.dumps(state))
+    store.set_fields(key, {"webhook": json.dumps(state)})
     if again:
         return Outcome(
             retry_in=min(policy.delay(attempts, result.retry_after), settings.max_countdown)
@@ -136,7 +137,7 @@ def archive_job(
         "archived": "1",
         "archive_errors": json.dumps(problems),
     }
-    store.redis.hset(keys.job(job_id), mapping=fields)
+    store.set_fields(keys.job(job_id), fields)
     return {**job, **fields}
 
 

@@ -26,10 +26,11 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 from workers import deliveries, keys
 from workers.config import Settings
+from workers.names import TaskName
+from workers.sender import Sender
 from workers.store import JobStore
 
 log = logging.getLogger("wanq.deliveries")
@@ -37,19 +38,17 @@ log = logging.getLogger("wanq.deliveries")
 BACKLOG_PER_THREAD = 4  # targets waiting for a thread before hand-overs are refused
 MAX_OUTPUTS = 6  # what one job's archive may download (5 images), with room to spare
 
-SendTask = Callable[..., Any]
-
 
 class DeliveryThreads:
     """A fixed number of daemon threads reading a bounded queue; ``offer`` never blocks."""
 
     def __init__(self, threads: int, backlog: int) -> None:
-        self._queue: queue.Queue[Callable[[], None]] = queue.Queue(maxsize=max(1, backlog))
+        self._queue: queue.Queue[Callable[[], object]] = queue.Queue(maxsize=max(1, backlog))
         for n in range(max(1, threads)):
             name = f"wanq-delivery-{n}"
             threading.Thread(target=self._work, name=name, daemon=True).start()
 
-    def offer(self, work: Callable[[], None]) -> bool:
+    def offer(self, work: Callable[[], object]) -> bool:
         """True if a thread will run ``work``; False if all are busy and the backlog is full."""
         try:
             self._queue.put_nowait(work)
@@ -71,31 +70,31 @@ def _pool(threads: int) -> DeliveryThreads:
     return DeliveryThreads(threads, threads * BACKLOG_PER_THREAD)
 
 
-def hand_over(store: JobStore, settings: Settings, target: str, send_task: SendTask) -> str:
+def hand_over(store: JobStore, settings: Settings, target: str, send: Sender) -> str:
     """Give ``target`` to this worker's delivery threads: "handed over", or "deferred" (the
     sweeper sends it again)."""
     pool = _pool(max(1, settings.delivery_threads))
-    accepted = pool.offer(lambda: run(store, settings, target, send_task))
+    accepted = pool.offer(lambda: run(store, settings, target, send))
     return "handed over" if accepted else "deferred"
 
 
-def run(store: JobStore, settings: Settings, target: str, send_task: SendTask) -> str:
+def run(store: JobStore, settings: Settings, target: str, send: Sender) -> str:
     """Deliver once, under a lock, then send the next attempt when one is due."""
     lock, token = keys.delivering(target), f"{os.getpid()}:{threading.get_ident()}"
     hold = lease_seconds(settings)
     if not store.redis.set(lock, token, nx=True, px=int(hold * 1000)):
         return "busy"  # another thread or worker is delivering it now
     try:
-        store.redis.zadd(keys.DELIVER, {target: time.time() + hold}, xx=True)
-        outcome = deliveries.deliver(store, settings, target, send_task)
+        store.deliveries.add({target: time.time() + hold}, only_existing=True)
+        outcome = deliveries.deliver(store, settings, target, send)
     except Exception:  # owed again at once: the sweeper sends it after its grace period
-        store.redis.zadd(keys.DELIVER, {target: time.time()}, xx=True)
+        store.deliveries.add({target: time.time()}, only_existing=True)
         raise
     finally:
         if store.redis.get(lock) == token:
             store.redis.delete(lock)
     if outcome.retry_in is not None:
-        send_task("wanq.deliver", args=(target,), countdown=outcome.retry_in)
+        send(TaskName.DELIVER, (target,), countdown=outcome.retry_in)
         return "retry"
     return "delivered"
 

@@ -5,9 +5,17 @@ so a job refused locally carries the same code the API would have returned. Chec
 provider's document names without a code get wanq's own codes, prefixed ``WQ`` so they can
 never be mistaken for the provider's.
 
-    WanqError                 anything wanq refuses or gives up on, with a code
-    ├── ValidationError       a request or batch line breaks the contract (nothing enqueued)
-    └── JobFailure            a job ends failed: a run code (001021095-099) plus remote detail
+    WanqError                 the root: every error wanq raises on purpose
+    ├── CodedError            refused or given up on, with a code from the table below
+    │   ├── ValidationError   a request or batch line breaks the contract (nothing enqueued)
+    │   └── JobFailure        a job ends failed: a run code (001021095-099) plus remote detail
+    ├── ConfigError           a WANQ_ setting is malformed or contradicts another (also ValueError)
+    ├── ProviderError         an answer of the provider that is not a usable result
+    │   ├── Transient         (workers.provider) retry with backoff
+    │   ├── AccountProblem    (workers.provider) 401/403: the account, not the job
+    │   └── Rejected          (workers.provider) other 4xx: permanent for the job
+    ├── ArchiveError          (workers.archive) an output could not be saved
+    └── StackError            (ops.localstack) a local process would not start or stop
 """
 
 from __future__ import annotations
@@ -113,8 +121,17 @@ def message_for(code: str) -> str:
     return MESSAGES.get(code, "unknown error")
 
 
-@dataclass
 class WanqError(Exception):
+    """The root of wanq's own errors: ``except WanqError`` catches all that wanq raises on
+    purpose and nothing that is a bug."""
+
+
+class ConfigError(WanqError, ValueError):
+    """A ``WANQ_`` setting that cannot be used; the message names the variable."""
+
+
+@dataclass
+class CodedError(WanqError):
     """An error with a code from the table; ``detail`` narrows the table's message."""
 
     code: str
@@ -132,12 +149,12 @@ class WanqError(Exception):
 
 
 @dataclass
-class ValidationError(WanqError):
+class ValidationError(CodedError):
     """A request or batch line breaks the contract; nothing is enqueued for it."""
 
 
 @dataclass
-class JobFailure(WanqError):
+class JobFailure(CodedError):
     """A job ends failed. ``remote`` keeps the provider's own error verbatim when it gave one."""
 
     remote: dict[str, Any] = field(default_factory=dict)

@@ -10,17 +10,16 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 from workers import keys, logs, metrics, schedule
 from workers.errors import CANCELLED, GENERATION_ERROR, JobFailure
+from workers.names import State, TaskName, batch_target
 from workers.provider import Status, cost_micros
-from workers.store import Finish, JobStore, State
+from workers.sender import Sender
+from workers.store import Finish, JobStore
 
 log = logging.getLogger("wanq.finalize")
-
-SendTask = Callable[..., Any]  # Celery's send_task(name, args=...) shape
 
 LATENCY_FIELD = "latency_estimate"
 
@@ -41,14 +40,10 @@ def public_record(job_id: str, job: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def cancel(
-    store: JobStore, job_id: str, job: dict[str, str], send_task: SendTask | None = None
-) -> Finish:
+def cancel(store: JobStore, job_id: str, job: dict[str, str], send: Sender) -> Finish:
     """End a job as cancelled, whatever state it is in (the API has no remote cancel)."""
     failure = JobFailure(CANCELLED, "the batch was cancelled")
-    return _finish(
-        store, job_id, None, job, State.CANCELLED, error=failure.as_record(), send_task=send_task
-    )
+    return _finish(store, send, job_id, None, job, State.CANCELLED, error=failure.as_record())
 
 
 def succeed_or_fail(
@@ -57,7 +52,8 @@ def succeed_or_fail(
     seq: int,
     job: dict[str, str],
     status: Status,
-    extra: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None,
+    send: Sender,
 ) -> Finish:
     """Record a finished remote task (completed or failed) and learn its generation time.
 
@@ -66,6 +62,7 @@ def succeed_or_fail(
     if status.state == "completed":
         won = _finish(
             store,
+            send,
             job_id,
             seq,
             job,
@@ -76,7 +73,7 @@ def succeed_or_fail(
         )
     else:
         failure = JobFailure(GENERATION_ERROR, "the remote task failed", remote=status.error)
-        won = fail(store, job_id, seq, job, failure, extra=extra)
+        won = fail(store, job_id, seq, job, failure, send, extra=extra)
     if won:
         _learn_latency(store, job)
     return won
@@ -88,13 +85,17 @@ def fail(
     seq: int | None,
     job: dict[str, str],
     failure: JobFailure,
+    send: Sender,
     extra: dict[str, Any] | None = None,
 ) -> Finish:
-    return _finish(store, job_id, seq, job, State.FAILED, error=failure.as_record(), extra=extra)
+    return _finish(
+        store, send, job_id, seq, job, State.FAILED, error=failure.as_record(), extra=extra
+    )
 
 
 def _finish(
     store: JobStore,
+    send: Sender,
     job_id: str,
     seq: int | None,
     job: dict[str, str],
@@ -104,7 +105,6 @@ def _finish(
     usage: dict[str, Any] | None = None,
     error: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
-    send_task: SendTask | None = None,
 ) -> Finish:
     record = public_record(job_id, job)
     record.update(state=str(state), outputs=outputs or [], usage=usage, error=error)
@@ -117,7 +117,7 @@ def _finish(
         error_code=(error or {}).get("code", ""),
         extra=extra,
     )
-    announce(ended, job_id, send_task)
+    announce(ended, job_id, send)
     if ended:  # once per ended job: its log line and the Prometheus histograms
         outcome = f"{error['code']} {error.get('message', '')}" if error else "completed"
         fields = logs.job_fields(job_id, job.get("remote_task_id", ""))
@@ -127,22 +127,18 @@ def _finish(
     return ended
 
 
-def announce(ended: Finish, job_id: str, send_task: SendTask | None = None) -> None:
+def announce(ended: Finish, job_id: str, send: Sender) -> None:
     """Send what ending a job set off: the callbacks it (and maybe its batch) owes, and the
     create of the job admitted to its in-flight slot. The same script recorded them in Redis
     (``wanq:deliver``, the due set), so the sweeper resends them if this send is lost."""
     if not (ended.callbacks_owed or ended.admitted):
         return
-    if send_task is None:
-        from workers.app import app  # the app imports the tasks, which import this module
-
-        send_task = app.send_task
     if ended.callbacks_owed:
-        send_task("wanq.deliver", args=(job_id,))
+        send(TaskName.DELIVER, (job_id,))
     if ended.batch_ended and ended.callbacks_owed:
-        send_task("wanq.deliver", args=("batch:" + keys.batch_of(job_id),))
-    if ended.admitted:
-        send_task("wanq.create", args=ended.admitted)
+        send(TaskName.DELIVER, (batch_target(keys.batch_of(job_id)),))
+    for admitted in ended.admitted:
+        send(TaskName.CREATE, admitted)
 
 
 def latency_estimate(store: JobStore) -> float | None:

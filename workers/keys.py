@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from workers.names import QueueName
+
 PREFIX = "wanq:"
 
 BATCHES = PREFIX + "batches"  # zset batch_id -> submitted at
@@ -9,7 +11,9 @@ DUE = PREFIX + "due"  # zset job_id -> when its next step (poll, retry, create) 
 QUEUED = PREFIX + "queued"  # zset job_id -> enqueued at, for jobs whose create never ran
 HELD = PREFIX + "held"  # zset job_id -> held at, jobs parked while the account is blocked
 INFLIGHT = PREFIX + "inflight"  # zset job_id -> claimed at: remote tasks being created or run
-SLOTS = PREFIX + "slots"  # zset job_id -> parked at: jobs waiting for an in-flight slot (FIFO)
+CLUSTER = PREFIX + "cluster"  # hash: settings the workers run with (max_in_flight), for all
+READY = PREFIX + "ready"  # zset batch_id: batches with jobs waiting for an in-flight slot
+ADMIT_TURN = PREFIX + "admit:turn"  # counter: the order in which batches were last given a slot
 DELIVER = PREFIX + "deliver"  # zset job_id (or batch:<id>) -> when its callbacks became owed
 RESULTS = PREFIX + "results"  # stream: one entry per terminal job, for downstream consumers
 ACCOUNT = PREFIX + "account"  # hash: why creation is paused for the whole cluster, if it is
@@ -18,11 +22,13 @@ SWEEPER_LEASE = PREFIX + "sweeper:lease"  # string: the worker that sweeps now
 CREATE_PACE = PREFIX + "pace:create"  # string: GCRA theoretical arrival time of creations
 POLL_PACE = PREFIX + "pace:poll"  # string: the same for status polls
 PACE_RATE = PREFIX + "pace:rate"  # string: creations/s after 429s tightened the pace
+REPAIR_CURSOR = PREFIX + "repair"  # hash: where the sweeper's repair walk goes on (batch, offset)
 
-CREATE_QUEUE = "wanq.create"
-POLL_QUEUE = "wanq.poll"
-DELIVER_QUEUE = "wanq.deliver"
-CALLBACK_QUEUE = "wanq.callbacks"  # batches' own callback tasks: consumed by the user's workers
+# Queue names live in workers.names; these aliases keep older call sites readable.
+CREATE_QUEUE = QueueName.CREATE
+POLL_QUEUE = QueueName.POLL
+DELIVER_QUEUE = QueueName.DELIVER
+CALLBACK_QUEUE = QueueName.CALLBACKS
 
 
 def job(job_id: str) -> str:
@@ -40,6 +46,11 @@ def batch(batch_id: str) -> str:
 def batch_jobs(batch_id: str) -> str:
     """List of job IDs in submission order: exports read it in slices."""
     return f"{PREFIX}batch:{batch_id}:jobs"
+
+
+def batch_ready(batch_id: str) -> str:
+    """Zset job_id -> order in the file: the batch's jobs waiting for an in-flight slot."""
+    return f"{PREFIX}batch:{batch_id}:ready"
 
 
 def batch_codes(batch_id: str) -> str:
@@ -64,3 +75,17 @@ def batch_of(job_id: str) -> str:
 def job_id(batch_id: str, custom_id: str) -> str:
     """Jobs are keyed by batch and custom_id, which makes resubmission idempotent."""
     return f"{batch_id}:{custom_id}"
+
+
+def lua_constants() -> str:
+    """The keys the Lua library reaches by name (see workers/lua/lib), as Lua locals."""
+    names = {
+        "K_INFLIGHT": INFLIGHT,
+        "K_CLUSTER": CLUSTER,
+        "K_READY": READY,
+        "K_DUE": DUE,
+        "K_ADMIT_TURN": ADMIT_TURN,
+        "K_JOB_PREFIX": job(""),
+        "K_BATCH_PREFIX": batch(""),
+    }
+    return "".join(f"local {name} = '{value}'\n" for name, value in names.items())

@@ -40,7 +40,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from workers import account, keys
-from workers.connection import connect
+from workers.connection import connect, texts
 from workers.store import ALL_STATES
 
 log = logging.getLogger("wanq.metrics")
@@ -157,8 +157,14 @@ class WanqCollector(Collector):
         self.in_flight_cap = in_flight_cap
         self.batch_limit = batch_limit
 
+    def _waiting_for_slot(self, batch_ids: list[str]) -> int:
+        pipe = self.redis.pipeline(transaction=False)
+        for batch_id in batch_ids:
+            pipe.zcard(keys.batch_ready(batch_id))
+        return sum(int(n) for n in pipe.execute())
+
     def collect(self) -> Iterator[Metric]:
-        batch_ids = self.redis.zrevrange(keys.BATCHES, 0, self.batch_limit - 1)
+        batch_ids = texts(self.redis.zrevrange(keys.BATCHES, 0, self.batch_limit - 1))
         pipe = self.redis.pipeline(transaction=False)
         for batch_id in batch_ids:
             pipe.hgetall(keys.batch(batch_id))
@@ -170,8 +176,9 @@ class WanqCollector(Collector):
         pipe.hmget(POLLS_KEY, _fields(POLL_BUCKETS))
         pipe.hget(keys.STATS, DUPLICATE_CREATES_FIELD)
         pipe.zcard(keys.INFLIGHT)
-        pipe.zcard(keys.SLOTS)
+        pipe.zrange(keys.READY, 0, -1)
         answers = pipe.execute()
+        answers[-1] = self._waiting_for_slot(texts(answers[-1]))
         blocked = account.blocked(self.redis)
 
         n = 2 * len(batch_ids)

@@ -23,11 +23,13 @@ import re
 import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+
+from workers.errors import WanqError
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 MAX_URL = 8192
@@ -43,7 +45,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str, int], list[str]]
 
 
-class Refused(ValueError):
+class Refused(WanqError, ValueError):
     """A URL the policy will not connect to, in plain words (never the full URL: signed URLs
     carry credentials in their query string)."""
 
@@ -191,15 +193,18 @@ class GuardedAdapter(HTTPAdapter):
 
     def build_connection_pool_key_attributes(
         self, request: requests.PreparedRequest, verify: Any, cert: Any = None
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
+    ) -> Any:
         host_params, pool_kwargs = super().build_connection_pool_key_attributes(
             request, verify, cert
         )
         if host_params.get("scheme") == "https":
-            host_header = request.headers.get("Host") or urlsplit(request.url).netloc
+            host_header = request.headers.get("Host") or urlsplit(request.url or "").netloc
+            if isinstance(host_header, bytes):
+                host_header = host_header.decode("ascii", "replace")
             name = parse(f"https://{host_header}/").host
-            pool_kwargs["server_hostname"] = name
-            pool_kwargs["assert_hostname"] = name
+            extra = cast(dict[str, Any], pool_kwargs)
+            extra["server_hostname"] = name
+            extra["assert_hostname"] = name
         return host_params, pool_kwargs
 
 

@@ -24,10 +24,11 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import requests
-from requests.adapters import HTTPAdapter
 
 from workers import netguard
 from workers.config import Settings
+from workers.errors import WanqError
+from workers.http import new_session, retry_after
 
 TASK_ID_FIELDS = ("id", "task_id", "taskId", "jobId")
 DONE = frozenset({"completed", "failed"})
@@ -41,7 +42,7 @@ _DECIMAL = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,12})?")  # plain decimals only: 
 
 
 @dataclass
-class ProviderError(Exception):
+class ProviderError(WanqError):
     detail: str
     http_status: int | None = None
     body: Any = None
@@ -107,10 +108,8 @@ class ProviderClient:
     def session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
         if session is None:
-            session = requests.Session()
+            session = new_session("wanq")
             session.headers["Authorization"] = f"Bearer {self.settings.api_key}"
-            session.mount("http://", HTTPAdapter(pool_maxsize=4))
-            session.mount("https://", HTTPAdapter(pool_maxsize=4))
             self._local.session = session
         return session
 
@@ -144,9 +143,13 @@ def classify(response: requests.Response) -> Any:
     if code in (401, 403):
         raise AccountProblem(f"HTTP {code}", code, body)
     if code == 429:
-        raise Transient("HTTP 429 rate limited", code, body, _retry_after(response))
+        raise Transient(
+            "HTTP 429 rate limited", code, body, retry_after(response.headers.get("Retry-After"))
+        )
     if code >= 500:
-        raise Transient(f"HTTP {code}", code, body, _retry_after(response))
+        raise Transient(
+            f"HTTP {code}", code, body, retry_after(response.headers.get("Retry-After"))
+        )
     if code >= 400:
         raise Rejected(f"HTTP {code}", code, body)
     if not isinstance(body, dict):
@@ -175,9 +178,12 @@ def parse_status(body: dict[str, Any]) -> Status:
     if state == "completed":
         return Status(state, outputs=_outputs(data), usage=_usage(data))
     if state == "failed":
-        error = data.get("error") if isinstance(data.get("error"), dict) else {}
-        kept = {k: clean_text(str(error[k]), MAX_REMOTE_TEXT) for k in ("code", "message")}
-        return Status(state, error={k: v for k, v in kept.items() if k in error})
+        raw = data.get("error")
+        error: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        kept: dict[str, Any] = {
+            k: clean_text(str(error[k]), MAX_REMOTE_TEXT) for k in ("code", "message") if k in error
+        }
+        return Status(state, error=kept)
     return Status(state[:64])
 
 
@@ -296,14 +302,6 @@ def _json_or_text(response: requests.Response) -> Any:
         return response.json()
     except ValueError:
         return response.text[:500]
-
-
-def _retry_after(response: requests.Response) -> float | None:
-    raw = response.headers.get("Retry-After")
-    try:
-        return max(0.0, float(raw)) if raw else None
-    except ValueError:
-        return None
 
 
 __all__ = [

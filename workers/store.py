@@ -9,50 +9,52 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from importlib import resources
 from typing import Any
 
 import redis
+from redis.typing import EncodableT, FieldT
 
 from workers import keys
-from workers.connection import connect
+from workers.config import Settings
+from workers.connection import connect, text, text_map, texts
+from workers.jobs import Job
+from workers.names import ALL_STATES, TERMINAL, BatchState, Hold, State, lua_constants
+from workers.registries import JobSet, Registries
+
+__all__ = ["ALL_STATES", "TERMINAL", "Finish", "JobStore", "State", "Step"]
+
+HOLDS = frozenset(h.value for h in Hold)
 
 STREAM_MAXLEN = 1_000_000
 ENQUEUE_SLICE = 100  # jobs per enqueue script: Redis runs nothing else meanwhile (~1 ms)
 ENQUEUE_SLICE_BYTES = 8 * 1024 * 1024  # or fewer: requests inline images of up to 10 MB
 
 
-class State(StrEnum):
-    QUEUED = "queued"
-    CREATING = "creating"
-    RUNNING = "running"
-    WAITING = "waiting"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-TERMINAL = frozenset({State.SUCCEEDED, State.FAILED, State.CANCELLED})
-ALL_STATES = tuple(State)
-
-
 @dataclass(frozen=True)
 class Finish:
     """What a terminal transition did: only one caller per job sees ``ended``.
 
-    ``admitted`` is the (job_id, seq) that took the freed in-flight slot: send its create.
+    ``admitted`` are the (job_id, seq) that took the freed in-flight slot: send their creates.
     """
 
     ended: bool
     batch_ended: bool = False
     callbacks_owed: bool = False
-    admitted: tuple[str, int] | None = None
+    admitted: tuple[tuple[str, int], ...] = ()
 
     def __bool__(self) -> bool:
         return self.ended
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    """What an enqueue did: the new job IDs, and the (job_id, seq) to send creates for."""
+
+    new: list[str]
+    admitted: list[tuple[str, int]]
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,20 @@ class Step:
 class JobStore:
     """Jobs, batches and results in Redis; every multi-key change is one script."""
 
-    SCRIPTS = ("enqueue", "step", "claim", "finish", "release", "reopen", "pace", "lease")
+    SCRIPTS = (
+        "enqueue",
+        "step",
+        "claim",
+        "park",
+        "finish",
+        "release",
+        "reopen",
+        "pace",
+        "lease",
+        "admit",
+        "requeue",
+        "repair",
+    )
 
     def __init__(
         self, client: redis.Redis, max_in_flight: int = 0, always_deliver: bool = False
@@ -75,24 +90,39 @@ class JobStore:
         self.redis = client
         self.max_in_flight = max_in_flight
         self.always_deliver = always_deliver  # every ended job owes a delivery (archiving)
+        sets = Registries(client)
+        self.due, self.queued, self.held = sets.due, sets.queued, sets.held
+        self.inflight, self.deliveries = sets.inflight, sets.deliveries
+        self.parked = sets.parked
         lua = resources.files("workers") / "lua"
+        preamble = lua_constants() + keys.lua_constants() + (lua / "lib" / "slots.lua").read_text()
         self._scripts = {
-            name: client.register_script((lua / f"{name}.lua").read_text()) for name in self.SCRIPTS
+            name: client.register_script(preamble + (lua / f"{name}.lua").read_text())
+            for name in self.SCRIPTS
         }
 
     @classmethod
     def from_url(cls, url: str, max_in_flight: int = 0, always_deliver: bool = False) -> JobStore:
         return cls(connect(url), max_in_flight, always_deliver)
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> JobStore:
+        """The store as the cluster runs it: producers and workers alike get the cap, so a
+        script behaves the same whoever calls it."""
+        return cls.from_url(
+            settings.broker_url, settings.max_in_flight, always_deliver=bool(settings.archive_dir)
+        )
+
     # --- producers -------------------------------------------------------------------------
 
     def enqueue(self, batch_id: str, custom_id: str, request: dict[str, Any], line: int = 0) -> int:
         """Enqueue one job; 1 when new, 0 when (batch, custom_id) exists."""
-        return len(self.enqueue_many(batch_id, [(custom_id, json.dumps(request), line)]))
+        return len(self.enqueue_many(batch_id, [(custom_id, json.dumps(request), line)]).new)
 
-    def enqueue_many(self, batch_id: str, jobs: Sequence[tuple[str, str, int]]) -> list[str]:
-        """Enqueue jobs given as (custom_id, request JSON, line); the IDs of those that are
-        new, in order (a job whose (batch, custom_id) exists is left as it is). One script
+    def enqueue_many(self, batch_id: str, jobs: Sequence[tuple[str, str, int]]) -> Enqueued:
+        """Enqueue jobs given as (custom_id, request JSON, line): which are new, in order (a
+        job whose (batch, custom_id) exists is left as it is), and which to send creates for
+        now (all new ones without an in-flight cap; with one, those given a slot). One script
         per ENQUEUE_SLICE jobs (fewer when their requests pass ENQUEUE_SLICE_BYTES), all in
         one pipeline."""
         now = time.time()
@@ -100,20 +130,48 @@ class JobStore:
         script = self._scripts["enqueue"]
         pipe = self.redis.pipeline(transaction=False)
         job_ids = []
-        job_keys, args, size = list(shared), [batch_id, now], 0
+        args: list[str | int | float]
+        job_keys, args, size = list(shared), [batch_id, now, self.max_in_flight], 0
         for custom_id, request, line in jobs:
             job_id = keys.job_id(batch_id, custom_id)
             job_ids.append(job_id)
             job_keys += (keys.job(job_id), keys.payload(job_id))
             args += (job_id, custom_id, request, line)
             size += len(request)
-            if len(args) >= 2 + 4 * ENQUEUE_SLICE or size >= ENQUEUE_SLICE_BYTES:
+            if len(args) >= 3 + 4 * ENQUEUE_SLICE or size >= ENQUEUE_SLICE_BYTES:
                 script(keys=job_keys, args=args, client=pipe)
-                job_keys, args, size = list(shared), [batch_id, now], 0
-        if len(args) > 2:
+                job_keys, args, size = list(shared), [batch_id, now, self.max_in_flight], 0
+        if len(args) > 3:
             script(keys=job_keys, args=args, client=pipe)
-        created = (flag for flags in pipe.execute() for flag in flags)
-        return [job_id for job_id, new in zip(job_ids, created, strict=True) if new]
+        answers = pipe.execute()
+        created = (flag for flags, _ in answers for flag in flags)
+        new = [job_id for job_id, flag in zip(job_ids, created, strict=True) if flag]
+        return Enqueued(new, [pair for _, admitted in answers for pair in pairs(admitted)])
+
+    def admit(self, count: int) -> list[tuple[str, int]]:
+        """Give up to ``count`` free in-flight slots to waiting jobs, fairly between batches:
+        (job_id, seq) to send creates for. The sweeper calls it for slots freed otherwise than
+        by a job's end; ``resume`` and priority changes call it at once."""
+        flat = self._scripts["admit"](keys=[], args=[self.max_in_flight, time.time(), count])
+        return list(pairs(flat))
+
+    def requeue_parked(self, batch_id: str, count: int) -> int:
+        """Move up to ``count`` jobs parked by the batch's pause or budget back to waiting for a
+        slot (``wanq resume``); how many moved. Admission then starts them."""
+        return int(
+            self._scripts["requeue"](
+                keys=[keys.batch_parked(batch_id), keys.batch(batch_id)],
+                args=[batch_id, count],
+            )
+        )
+
+    def waiting_for_slot(self, batch_id: str | None = None) -> int:
+        """Jobs that wait in Redis for an in-flight slot (of one batch, or of all)."""
+        batch_ids = [batch_id] if batch_id else texts(self.redis.zrange(keys.READY, 0, -1))
+        pipe = self.redis.pipeline(transaction=False)
+        for each in batch_ids:
+            pipe.zcard(keys.batch_ready(each))
+        return sum(int(n) for n in pipe.execute())
 
     def open_batch(self, batch_id: str, meta: dict[str, Any]) -> None:
         now = time.time()
@@ -127,24 +185,57 @@ class JobStore:
     # --- reading ---------------------------------------------------------------------------
 
     def job(self, job_id: str) -> dict[str, str]:
-        return self.redis.hgetall(keys.job(job_id))
+        return text_map(self.redis.hgetall(keys.job(job_id)))
+
+    def job_record(self, job_id: str) -> Job | None:
+        return Job.parse(job_id, self.job(job_id))
+
+    def job_records(self, job_ids: Sequence[str]) -> list[Job | None]:
+        """Several jobs in one round trip, in order (None for a job that is gone)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hgetall(keys.job(job_id))
+        replies = pipe.execute()
+        return [Job.parse(j, text_map(raw)) for j, raw in zip(job_ids, replies, strict=True)]
+
+    def job_seq(self, job_id: str) -> int:
+        return int(self.redis.hget(keys.job(job_id), "seq") or 0)
+
+    def batch_state(self, batch_id: str) -> str:
+        return text(self.redis.hget(keys.batch(batch_id), "state")) or BatchState.ACTIVE
+
+    def batch_ids(self) -> list[str]:
+        return texts(self.redis.zrange(keys.BATCHES, 0, -1))
+
+    def set_fields(self, key: str, fields: Mapping[str, str]) -> None:
+        """Plain field writes on a job's or batch's hash (delivery marks, archive paths)."""
+        mapping: dict[FieldT, EncodableT] = {}
+        mapping.update(fields.items())
+        self.redis.hset(key, mapping=mapping)
+
+    def get_field(self, key: str, name: str) -> str | None:
+        value = self.redis.hget(key, name)
+        return None if value is None else text(value)
+
+    def queue_length(self, queue: str) -> int:
+        return int(self.redis.llen(queue))
 
     def request(self, job_id: str) -> dict[str, Any] | None:
         raw = self.redis.get(keys.payload(job_id))
         return json.loads(raw) if raw else None
 
     def batch(self, batch_id: str) -> dict[str, str]:
-        return self.redis.hgetall(keys.batch(batch_id))
+        return text_map(self.redis.hgetall(keys.batch(batch_id)))
 
     def batch_codes(self, batch_id: str) -> dict[str, int]:
-        raw = self.redis.hgetall(keys.batch_codes(batch_id))
+        raw = text_map(self.redis.hgetall(keys.batch_codes(batch_id)))
         return {code: int(n) for code, n in raw.items() if int(n) > 0}
 
     def iter_batch_jobs(self, batch_id: str, chunk: int = 500) -> Iterator[dict[str, str]]:
         """Job records in submission order, a slice at a time: memory stays flat."""
         start = 0
         while True:
-            ids = self.redis.lrange(keys.batch_jobs(batch_id), start, start + chunk - 1)
+            ids = texts(self.redis.lrange(keys.batch_jobs(batch_id), start, start + chunk - 1))
             if not ids:
                 return
             pipe = self.redis.pipeline(transaction=False)
@@ -152,7 +243,7 @@ class JobStore:
                 pipe.hgetall(keys.job(job_id))
             for job_id, record in zip(ids, pipe.execute(), strict=True):
                 if record:
-                    yield {"job_id": job_id, **record}
+                    yield {"job_id": job_id, **text_map(record)}
             start += chunk
 
     # --- workers ---------------------------------------------------------------------------
@@ -228,7 +319,7 @@ class JobStore:
                 keys.DELIVER,
                 keys.batch_parked(batch_id),
                 keys.INFLIGHT,
-                keys.SLOTS,
+                keys.batch_ready(batch_id),
             ],
             args=[
                 job_id,
@@ -265,27 +356,35 @@ class JobStore:
         )
         return Step(bool(applied), int(new_seq), why)
 
-    def park(self, job_id: str, seq: int, reason: str, detail: str = "") -> bool:
+    def park(self, job_id: str, seq: int, reason: Hold, detail: str = "") -> bool:
         """Park a job: it waits (never fails) until its account or batch lets it go on.
 
         ``reason`` is ``account`` (cluster-wide, released by a successful probe), ``slot``
         (the in-flight cap is reached: released as jobs end), or ``paused`` / ``budget`` (this
-        batch, released by ``wanq resume``). A parked job gives up its in-flight slot.
+        batch, released by ``wanq resume``). A parked job gives up its in-flight slot. One
+        script: a worker that dies half-way cannot leave a waiting job in no set.
         """
-        step = self.step(
-            job_id,
-            seq,
-            (State.QUEUED, State.CREATING, State.WAITING),
-            State.WAITING,
-            fields={"hold": reason, "last_error": detail or reason},
+        batch_id = keys.batch_of(job_id)
+        applied = self._scripts["park"](
+            keys=[
+                keys.job(job_id),
+                keys.batch(batch_id),
+                keys.DUE,
+                keys.QUEUED,
+                self.parked_set(reason, batch_id).key,
+                keys.INFLIGHT,
+            ],
+            args=[job_id, seq, str(reason), detail or str(reason), time.time()],
         )
-        if step.applied:
-            zset = PARKED_IN.get(reason) or keys.batch_parked(keys.batch_of(job_id))
-            pipe = self.redis.pipeline()
-            pipe.zadd(zset, {job_id: time.time()}, nx=True)
-            pipe.zrem(keys.INFLIGHT, job_id)
-            pipe.execute()
-        return step.applied
+        return bool(applied)
+
+    def parked_set(self, reason: Hold, batch_id: str) -> JobSet:
+        """Where a job parked for ``reason`` waits: cluster-wide sets, or its batch's."""
+        if reason == Hold.ACCOUNT:
+            return self.held
+        if reason == Hold.SLOT:
+            return JobSet(self.redis, keys.batch_ready(batch_id))
+        return self.parked(batch_id)
 
     def release(self, zset: str, count: int) -> list[tuple[str, int]]:
         """Unpark up to ``count`` jobs of a parked set: (job_id, seq) to send creates for."""
@@ -311,18 +410,56 @@ class JobStore:
 
     def set_control(self, batch_id: str, state: str, **fields: Any) -> None:
         """Batch state: ``active``, ``paused``, ``budget`` (paused by its cap), ``cancelled``."""
-        values = {"state": state, **{k: str(v) for k, v in fields.items()}}
+        values: dict[FieldT, EncodableT] = {"state": state}
+        for name, value in fields.items():
+            values[name] = str(value)
         self.redis.hset(keys.batch(batch_id), mapping=values)
 
-    def pace(self, rate: float, horizon: float, key: str = keys.CREATE_PACE) -> float:
+    def pace(self, rate: float, horizon: float, *, poll: bool = False) -> float:
         """Seconds until this caller's slot under a cluster-wide rate (GCRA); 0 = now.
 
-        Creations also follow the rate 429s have tightened (``workers.pacing``).
+        Creations also follow the rate 429s have tightened (``workers.pacing``); polls don't.
         """
-        tightened = keys.PACE_RATE if key == keys.CREATE_PACE else keys.PACE_RATE + ":none"
+        key = keys.POLL_PACE if poll else keys.CREATE_PACE
+        tightened = keys.PACE_RATE + ":none" if poll else keys.PACE_RATE
         return float(
             self._scripts["pace"](keys=[key, tightened], args=[time.time(), rate, horizon])
         )
+
+    def repair_slice(self, count: int) -> tuple[str, list[str]]:
+        """The next ``count`` job IDs of the repair walk (batch after batch, wrapping round)."""
+        cursor = text_map(self.redis.hgetall(keys.REPAIR_CURSOR))
+        index, offset = int(cursor.get("batch") or 0), int(cursor.get("offset") or 0)
+        found = texts(self.redis.zrange(keys.BATCHES, index, index))
+        if not found:
+            index, offset = 0, 0
+            found = texts(self.redis.zrange(keys.BATCHES, 0, 0))
+            if not found:
+                return "", []
+        batch_id = found[0]
+        job_ids = texts(self.redis.lrange(keys.batch_jobs(batch_id), offset, offset + count - 1))
+        if len(job_ids) < count:
+            index, offset = index + 1, 0
+        else:
+            offset += count
+        self.redis.hset(keys.REPAIR_CURSOR, mapping={"batch": index, "offset": offset})
+        return batch_id, list(job_ids)
+
+    def repair(self, job: Job, now: float) -> str:
+        """Put the job back where the sweeper will move it on, if it is still misplaced when
+        the script looks (lua/repair.lua); what was fixed, or '' if nothing was."""
+        parked = self.parked_set(Hold(job.hold), job.batch).key if job.hold in HOLDS else ""
+        return text(
+            self._scripts["repair"](
+                keys=[keys.job(job.job_id), keys.batch(job.batch), keys.DUE, keys.QUEUED, parked],
+                args=[job.job_id, now],
+            )
+        )
+
+    def publish_cluster_settings(self) -> None:
+        """What every process must agree on, written by each worker as it starts: scripts
+        called with no cap of their own (a producer's) use this one."""
+        self.redis.hset(keys.CLUSTER, mapping={"max_in_flight": self.max_in_flight})
 
     def take_lease(self, name: str, holder: str, ttl: float) -> bool:
         return bool(self._scripts["lease"](keys=[name], args=[holder, int(ttl * 1000)]))
@@ -331,21 +468,26 @@ class JobStore:
         """Cluster counters (duplicate creations, rescues): kept, never hidden."""
         self.redis.hincrby(keys.STATS, name, by)
 
+    def count_ambiguous_create(self, job_id: str) -> None:
+        """A POST that got no answer may have made a remote task: counted on the cluster and
+        on the job, so duplicates are shown, not hidden."""
+        pipe = self.redis.pipeline()
+        pipe.hincrby(keys.STATS, "create_ambiguous", 1)
+        pipe.hincrby(keys.job(job_id), "create_ambiguous", 1)
+        pipe.execute()
+
     def stats(self) -> dict[str, str]:
-        return self.redis.hgetall(keys.STATS)
+        return text_map(self.redis.hgetall(keys.STATS))
 
 
-PARKED_IN = {"account": keys.HELD, "slot": keys.SLOTS}
+def finish_answer(raw: list[Any]) -> Finish:
+    ended, batch_ended, owed, admitted = raw
+    return Finish(bool(ended), bool(batch_ended), bool(owed), pairs(admitted))
 
 
-def finish_answer(raw: list) -> Finish:
-    ended, batch_ended, owed, admitted, admitted_seq = raw
-    return Finish(
-        bool(ended),
-        bool(batch_ended),
-        bool(owed),
-        (admitted, int(admitted_seq)) if admitted else None,
-    )
+def pairs(flat: list[Any]) -> tuple[tuple[str, int], ...]:
+    """A script's flat ``job_id, seq, job_id, seq, ...`` answer as (job_id, seq) pairs."""
+    return tuple((str(flat[i]), int(flat[i + 1])) for i in range(0, len(flat), 2))
 
 
 def _encode(value: Any) -> str:

@@ -1,29 +1,33 @@
-"""The two tasks: ``wanq.create`` starts a remote task, ``wanq.poll`` follows it.
+"""The three tasks: ``wanq.create`` starts a remote task, ``wanq.poll`` follows it,
+``wanq.deliver`` sends what an ended job or batch owes.
 
-Both take ``(job_id, seq)`` and nothing else: the request lives in Redis (claim check), the
-API key in the worker's environment. A message whose seq no longer matches the job is stale
-(a duplicate, a redelivery, a rescued job's late original) and does nothing. Neither task
-ever sleeps: every wait is a countdown on a new message.
+``register(app, runtime)`` binds them to an app; the bodies use only the runtime passed in
+(settings, store, provider, sender), never module globals. Create and poll take
+``(job_id, seq)`` and nothing else: the request lives in Redis (claim check), the API key in
+the worker's environment. A message whose seq no longer matches the job is stale (a duplicate,
+a redelivery, a rescued job's late original) and does nothing. No task ever sleeps: every wait
+is a countdown on a new message.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
-from celery import signals
+from celery import Celery, Task, signals
 
-from workers import account, delivery_threads, errors, keys, logs, pacing, schedule
-from workers.app import app, provider, settings, store
+from workers import account, delivery_threads, errors, logs, pacing, schedule
 from workers.errors import JobFailure
 from workers.finalize import cancel, fail, latency_estimate, succeed_or_fail
+from workers.jobs import Job
+from workers.names import JOB_TASKS, BatchState, Hold, State, TaskName, target_batch
 from workers.pricing import worst_case_images
 from workers.provider import AccountProblem, Rejected, Transient
-from workers.store import State
+from workers.runtime import Runtime
 
 log = logging.getLogger("wanq.tasks")
 
-RETRY = schedule.RetryPolicy.from_settings(settings)
 CLAIMABLE = (State.QUEUED, State.WAITING, State.CREATING)
 
 
@@ -33,98 +37,123 @@ def _bind_job(task: object = None, args: tuple = (), **_: object) -> None:
     "succeeded" line too: it comes after postrun, so the next task's prerun unbinds."""
     name = getattr(task, "name", "")
     target = str(args[0]) if args else ""
-    if name in logs.JOB_TASKS or (name == "wanq.deliver" and not target.startswith("batch:")):
+    if name in JOB_TASKS or (name == TaskName.DELIVER and target_batch(target) is None):
         logs.bind_job(target)
     else:
         logs.unbind()
 
 
-def create_window() -> float:
-    """How long a create can be in flight; a claim older than this died between POST and ID."""
-    return settings.connect_timeout + settings.read_timeout + 5.0
+def register(app: Celery, rt: Runtime) -> None:
+    """Define wanq's tasks on ``app``, each a thin shell over the functions below."""
+
+    @app.task(name=TaskName.CREATE, bind=True, max_retries=None)  # attempts counted in Redis
+    def create(self: Task, job_id: str, seq: int, probe: bool = False, paced: bool = False) -> str:
+        return create_step(rt, self, job_id, seq, probe=probe, paced=paced)
+
+    @app.task(name=TaskName.POLL)
+    def poll(job_id: str, seq: int, paced: bool = False) -> str:
+        return poll_step(rt, job_id, seq, paced=paced)
+
+    @app.task(name=TaskName.DELIVER)
+    def deliver(target: str) -> str:
+        """The callbacks a job or batch owes once it has ended (see workers.deliveries), run
+        on the delivery threads (workers.delivery_threads), never on those that create and
+        poll: a slow output host or receiver cannot starve them."""
+        return delivery_threads.hand_over(rt.store, rt.settings, target, rt.send)
 
 
-@app.task(name="wanq.create", bind=True, max_retries=None)  # attempts are counted in Redis
-def create(self, job_id: str, seq: int, probe: bool = False, paced: bool = False) -> str:
-    jobs = store()
-    job = jobs.job(job_id)
-    if job.get("state") == State.RUNNING:
-        return _poll_if_overdue(job_id, job)
-    if not job or int(job["seq"]) != seq or job["state"] not in CLAIMABLE:
+# --- create ---------------------------------------------------------------------------------
+
+
+def create_step(
+    rt: Runtime, task: Task, job_id: str, seq: int, *, probe: bool = False, paced: bool = False
+) -> str:
+    jobs, settings = rt.store, rt.settings
+    job = jobs.job_record(job_id)
+    if job is None:
+        return "stale"
+    if job.state == State.RUNNING:
+        return _poll_if_overdue(rt, job)
+    if job.seq != seq or job.state not in CLAIMABLE:
         return "stale"
     now = time.time()
-    died_in_window = job["state"] == State.CREATING
-    if died_in_window and now - float(job.get("claimed_at") or 0) < create_window():
+    died_in_window = job.state == State.CREATING
+    if died_in_window and now - job.claimed_at < rt.create_window():
         return "busy"  # another worker is creating it right now
     block = account.blocked(jobs.redis)
     if block and not probe:
-        jobs.park(job_id, seq, "account", block.get("reason", "account blocked"))
+        jobs.park(job_id, seq, Hold.ACCOUNT, block.get("reason", "account blocked"))
         return "held"
     if not paced:
         wait = jobs.pace(settings.create_rate, settings.max_countdown)
         if wait > 0:
             reserved = wait <= settings.max_countdown
-            raise self.retry(
+            raise task.retry(
                 kwargs={"probe": probe, "paced": reserved},
                 countdown=min(wait, settings.max_countdown),
             )
 
     request = jobs.request(job_id) or {}
     worst = round(worst_case_images(request) * settings.unit_price * 1_000_000)
-    claim = jobs.claim(job_id, seq, now + create_window(), worst, died_in_window)
+    claim = jobs.claim(job_id, seq, now + rt.create_window(), worst, died_in_window)
     if not claim.applied:
-        return _not_claimed(job_id, seq, job, claim.previous)
+        return _not_claimed(rt, job, claim.previous)
     if died_in_window:
         jobs.count("create_window_losses")
         log.warning("job %s: a create died between POST and storing the ID", job_id)
-    attempts = int(job.get("attempts") or 0) + 1
-    return _create_remote(self, job_id, claim.seq, job, attempts, request)
+    return _create_remote(rt, task, job, claim.seq, job.attempts + 1, request)
 
 
-def _not_claimed(job_id: str, seq: int, job: dict[str, str], why: str) -> str:
+def _not_claimed(rt: Runtime, job: Job, why: str) -> str:
     """Cancelled jobs end; jobs of a paused or over-budget batch, or over the in-flight cap,
     park in Redis (not as countdown messages in a worker) until they may go on."""
-    if why == "cancelled":
-        cancel(store(), job_id, job)
-    elif why in ("paused", "budget"):
-        store().park(job_id, seq, why, f"batch {why}")
+    if why == BatchState.CANCELLED:
+        cancel(rt.store, job.job_id, job.raw, rt.send)
+    elif why in (Hold.PAUSED, Hold.BUDGET):
+        rt.store.park(job.job_id, job.seq, Hold(why), f"batch {why}")
     elif why == "full":
-        store().park(job_id, seq, "slot", "waiting for an in-flight slot")
+        rt.store.park(job.job_id, job.seq, Hold.SLOT, "waiting for an in-flight slot")
     return why
 
 
-def _poll_if_overdue(job_id: str, job: dict[str, str]) -> str:
+def _poll_if_overdue(rt: Runtime, job: Job) -> str:
     """A redelivered create that finds a remote ID polls instead, if its poll looks lost."""
-    due = store().redis.zscore(keys.DUE, job_id)
+    due = rt.store.due.when(job.job_id)
     if due is None or due > time.time():
         return "stale"
-    poll.apply_async((job_id, int(job["seq"])))
+    rt.send(TaskName.POLL, (job.job_id, job.seq))
     return "polling"
 
 
 def _create_remote(
-    task, job_id: str, seq: int, job: dict[str, str], attempts: int, request: dict
+    rt: Runtime, task: Task, job: Job, seq: int, attempts: int, request: dict[str, Any]
 ) -> str:
-    jobs = store()
+    jobs, settings, job_id = rt.store, rt.settings, job.job_id
     try:
-        remote_id = provider().create(request)
+        remote_id = rt.provider.create(request)
     except AccountProblem as exc:
         account.block(jobs.redis, exc.http_status or 0, exc.plain())
-        jobs.park(job_id, seq, "account", exc.plain())
+        jobs.park(job_id, seq, Hold.ACCOUNT, exc.plain())
         log.warning("account problem, creation paused cluster-wide: %s", exc.plain())
         return "held"
     except Rejected as exc:
-        fail(jobs, job_id, seq, job, JobFailure(errors.HTTP_ERROR, str(exc), remote=exc.remote()))
+        fail(
+            jobs,
+            job_id,
+            seq,
+            job.raw,
+            JobFailure(errors.HTTP_ERROR, str(exc), remote=exc.remote()),
+            rt.send,
+        )
         return "failed"
     except Transient as exc:
         if exc.ambiguous:  # no answer to a POST: a duplicate remote task is possible; count it
-            jobs.count("create_ambiguous")
-            jobs.redis.hincrby(keys.job(job_id), "create_ambiguous", 1)
+            jobs.count_ambiguous_create(job_id)
         if exc.http_status == 429:
             rate = pacing.tighten(jobs.redis, settings.create_rate)
             if rate is not None:
                 log.warning("HTTP 429: cluster creation pace tightened to %.2f/s", rate)
-        return _retry_create(task, job_id, seq, job, attempts, exc)
+        return _retry_create(rt, task, job, seq, attempts, exc)
 
     logs.bind_remote(remote_id)
     log.info("remote task created (attempt %d)", attempts)
@@ -142,24 +171,30 @@ def _create_remote(
         fields={"remote_task_id": remote_id, "created_at": now, "last_error": ""},
     )
     if running.applied:
-        poll.apply_async((job_id, running.seq), countdown=delay)
+        rt.send(TaskName.POLL, (job_id, running.seq), countdown=delay)
     return "created"
 
 
 def _retry_create(
-    task, job_id: str, seq: int, job: dict[str, str], attempts: int, exc: Transient
+    rt: Runtime, task: Task, job: Job, seq: int, attempts: int, exc: Transient
 ) -> str:
     """Back off and retry through Celery, or fail with a run code once attempts run out."""
-    jobs = store()
     log.info("create attempt %d failed: %s", attempts, exc)
-    if RETRY.exhausted(attempts):
+    if rt.retry.exhausted(attempts):
         code = errors.HTTP_ERROR if exc.http_status else errors.TASK_CREATION
         detail = f"gave up after {attempts} attempts: {exc}"
-        fail(jobs, job_id, seq, job, JobFailure(code, detail, remote=exc.remote()))
+        fail(
+            rt.store,
+            job.job_id,
+            seq,
+            job.raw,
+            JobFailure(code, detail, remote=exc.remote()),
+            rt.send,
+        )
         return "failed"
-    delay = schedule.clamp(RETRY.delay(attempts, exc.retry_after), settings)
-    backoff = jobs.step(
-        job_id,
+    delay = schedule.clamp(rt.retry.delay(attempts, exc.retry_after), rt.settings)
+    backoff = rt.store.step(
+        job.job_id,
         seq,
         (State.CREATING,),
         State.WAITING,
@@ -168,73 +203,69 @@ def _retry_create(
     )
     if not backoff.applied:
         return "stale"
-    raise task.retry(args=(job_id, backoff.seq), kwargs={}, countdown=delay)
+    raise task.retry(args=(job.job_id, backoff.seq), kwargs={}, countdown=delay)
 
 
-@app.task(name="wanq.poll")
-def poll(job_id: str, seq: int, paced: bool = False) -> str:
-    jobs = store()
-    job = jobs.job(job_id)
-    if not job or int(job["seq"]) != seq or job["state"] != State.RUNNING:
+# --- poll -----------------------------------------------------------------------------------
+
+
+def poll_step(rt: Runtime, job_id: str, seq: int, *, paced: bool = False) -> str:
+    jobs, settings = rt.store, rt.settings
+    job = jobs.job_record(job_id)
+    if job is None or job.seq != seq or job.state != State.RUNNING:
         return "stale"
-    logs.bind_remote(job.get("remote_task_id", ""))
+    logs.bind_remote(job.remote_task_id)
     if not paced:
-        wait = jobs.pace(settings.poll_rate, settings.max_countdown, keys.POLL_PACE)
+        wait = jobs.pace(settings.poll_rate, settings.max_countdown, poll=True)
         if wait > 0:
             reserved = wait <= settings.max_countdown
-            poll.apply_async(
-                (job_id, seq), {"paced": reserved}, countdown=min(wait, settings.max_countdown)
-            )
+            countdown = min(wait, settings.max_countdown)
+            rt.send(TaskName.POLL, (job_id, seq), kwargs={"paced": reserved}, countdown=countdown)
             return "paced"
-    if jobs.redis.hget(keys.batch(job["batch"]), "state") == "cancelled":
-        cancel(jobs, job_id, job)
+    if jobs.batch_state(job.batch) == BatchState.CANCELLED:
+        cancel(jobs, job_id, job.raw, rt.send)
         return "cancelled"
     now = time.time()
-    if now - float(job["created_at"]) > settings.poll_deadline:
+    if now - job.created_at > settings.poll_deadline:
         failure = JobFailure(errors.STATUS_CHECK, f"no result after {settings.poll_deadline:.0f} s")
-        fail(jobs, job_id, seq, job, failure)
+        fail(jobs, job_id, seq, job.raw, failure, rt.send)
         return "failed"
     try:
-        status = provider().status(job["remote_task_id"])
+        status = rt.provider.status(job.remote_task_id)
     except AccountProblem as exc:
         account.block(jobs.redis, exc.http_status or 0, exc.plain(), source="status")
-        return _poll_again(job_id, seq, job, settings.max_countdown, {})
+        return _poll_again(rt, job, settings.max_countdown, {})
     except Rejected as exc:
         failure = JobFailure(errors.STATUS_CHECK, str(exc), remote=exc.remote())
-        fail(jobs, job_id, seq, job, failure)
+        fail(jobs, job_id, seq, job.raw, failure, rt.send)
         return "failed"
     except Transient as exc:
-        misses = int(job.get("poll_errors") or 0) + 1
+        misses = job.poll_errors + 1
         log.info("status check %d failed: %s", misses, exc)
         if misses >= settings.poll_max_errors:
             code = errors.RESULT_PARSING if exc.unparseable else errors.STATUS_CHECK
-            fail(
-                jobs,
-                job_id,
-                seq,
-                job,
-                JobFailure(code, f"{misses} failed status checks: {exc}", remote=exc.remote()),
-            )
+            detail = f"{misses} failed status checks: {exc}"
+            fail(jobs, job_id, seq, job.raw, JobFailure(code, detail, remote=exc.remote()), rt.send)
             return "failed"
-        delay = RETRY.delay(misses, exc.retry_after)
-        return _poll_again(job_id, seq, job, delay, {"poll_errors": misses, "last_error": str(exc)})
-    if account.status_worked(jobs.redis):
+        delay = rt.retry.delay(misses, exc.retry_after)
+        return _poll_again(rt, job, delay, {"poll_errors": misses, "last_error": str(exc)})
+
+    if account.status_worked(jobs.redis):  # an outage seen only by polls ends with this answer
         log.info("a status call went through: the account works again, creation resumes")
-
     if status.done:  # this poll is counted in the same atomic step that ends the job
-        seen = {"polls": int(job.get("polls") or 0) + 1, **_first_poll(job, now)}
-        return "finished" if succeed_or_fail(jobs, job_id, seq, job, status, seen) else "stale"
-    polls = int(job.get("polls") or 0) + 1
-    delay = schedule.next_poll_delay(polls, latency_estimate(jobs), settings)
-    return _poll_again(job_id, seq, job, delay, {"poll_errors": 0, "last_miss_at": now})
+        seen = {"polls": job.polls + 1, **_first_poll(job, now)}
+        ended = succeed_or_fail(jobs, job_id, seq, job.raw, status, seen, rt.send)
+        return "finished" if ended else "stale"
+    delay = schedule.next_poll_delay(job.polls + 1, latency_estimate(jobs), settings)
+    return _poll_again(rt, job, delay, {"poll_errors": 0, "last_miss_at": now})
 
 
-def _poll_again(job_id: str, seq: int, job: dict[str, str], delay: float, fields: dict) -> str:
-    delay = schedule.clamp(delay, settings)
+def _poll_again(rt: Runtime, job: Job, delay: float, fields: dict[str, Any]) -> str:
+    delay = schedule.clamp(delay, rt.settings)
     now = time.time()
-    step = store().step(
-        job_id,
-        seq,
+    step = rt.store.step(
+        job.job_id,
+        job.seq,
         (State.RUNNING,),
         State.RUNNING,
         due=now + delay,
@@ -243,16 +274,9 @@ def _poll_again(job_id: str, seq: int, job: dict[str, str], delay: float, fields
     )
     if not step.applied:
         return "stale"
-    poll.apply_async((job_id, step.seq), countdown=delay)
+    rt.send(TaskName.POLL, (job.job_id, step.seq), countdown=delay)
     return "polling"
 
 
-def _first_poll(job: dict[str, str], now: float) -> dict[str, float]:
-    return {} if job.get("first_poll_at") else {"first_poll_at": now}
-
-
-@app.task(name="wanq.deliver")
-def deliver(target: str) -> str:
-    """The callbacks a job or batch owes once it has ended (see workers.deliveries), run on
-    the delivery threads (workers.delivery_threads): never on the threads that create and poll."""
-    return delivery_threads.hand_over(store(), settings, target, app.send_task)
+def _first_poll(job: Job, now: float) -> dict[str, float]:
+    return {} if job.first_poll_at else {"first_poll_at": now}

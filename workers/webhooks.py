@@ -34,13 +34,13 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import requests
 from standardwebhooks import Webhook, WebhookVerificationError
 from standardwebhooks.webhooks import EmptyWebhookSecretError
 
+from workers import http as wanq_http
 from workers import netguard
 
 STRICT = netguard.Policy()  # public addresses only
@@ -128,7 +128,7 @@ def deliver(
             http, "POST", target, data=body.encode(), headers=headers, timeout=timeout, stream=True
         ) as response:
             code = response.status_code
-            retry_after = _retry_after(response.headers.get("Retry-After"))
+            retry_after = wanq_http.retry_after(response.headers.get("Retry-After"))
     except requests.RequestException as exc:
         return Delivery(False, None, True, None, f"{type(exc).__name__} posting the webhook")
     finally:
@@ -164,23 +164,6 @@ def _webhook(secret: str) -> Webhook:
         return Webhook(secret)
     except (ValueError, EmptyWebhookSecretError):
         raise ValueError("webhook secret must be 'whsec_' followed by base64") from None
-
-
-def _retry_after(raw: str | None) -> float | None:
-    """Delta-seconds or an HTTP date; anything unreadable is ignored."""
-    if not raw:
-        return None
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(raw)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 __all__ = [

@@ -3,25 +3,25 @@
 -- KEYS[1] job hash   KEYS[2] batch hash   KEYS[3] due zset   KEYS[4] queued zset
 -- KEYS[5] held zset   KEYS[6] results stream   KEYS[7] batch codes hash
 -- KEYS[8] deliveries zset (post-terminal callbacks still owed)   KEYS[9] the batch's parked zset
--- KEYS[10] in-flight zset   KEYS[11] jobs waiting for an in-flight slot
+-- KEYS[10] in-flight zset   KEYS[11] the batch's jobs waiting for an in-flight slot
 -- ARGV[1] job_id   ARGV[2] expected seq ('' accepts any)   ARGV[3] terminal state   ARGV[4] now
 -- ARGV[5] cost in micro-USD   ARGV[6] error code ('' if none)   ARGV[7] stream max length
 -- ARGV[8] the record as JSON, for the stream   ARGV[9] in-flight cap (0 = none)
 -- ARGV[10] job key prefix   ARGV[11] '1' if every ended job owes a delivery (the workers
 -- archive outputs), else only jobs of batches flagged ``deliver`` (webhooks, callbacks) do
 -- ARGV[12..] field, value pairs for the job hash
--- Returns {ended, batch ended, callbacks owed, admitted job_id, its seq}: ended is 1 only for
--- the one call that ended the job, batch ended only for the call that ended its last job. The
--- job's budget reservation and in-flight slot are given back here; the slot goes at once to the
--- job that has waited longest for one (its create is the caller's to send; it is put in the
--- due set so a lost send is swept).
+-- Returns {ended, batch ended, callbacks owed, {admitted job_id, seq, ...}}: ended is 1 only
+-- for the one call that ended the job, batch ended only for the call that ended its last job.
+-- The job's budget reservation and in-flight slot are given back here; the slot goes at once
+-- to the batch furthest below its share (lib/slots.lua; the admitted job's create is the
+-- caller's to send; it is put in the due set so a lost send is swept).
 local cur = redis.call('HMGET', KEYS[1], 'state', 'seq')
 local state, seq = cur[1], cur[2]
 if not state or state == 'succeeded' or state == 'failed' or state == 'cancelled' then
-  return {0, 0, 0, '', -1}
+  return {0, 0, 0, {}}
 end
 if ARGV[2] ~= '' and seq ~= ARGV[2] then
-  return {0, 0, 0, '', -1}
+  return {0, 0, 0, {}}
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[3], 'seq', tonumber(seq) + 1, 'completed_at', ARGV[4])
 for i = 12, #ARGV, 2 do
@@ -52,22 +52,11 @@ redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[7], '*',
   'job_id', ARGV[1], 'state', ARGV[3], 'record', ARGV[8])
 local b = redis.call('HMGET', KEYS[2], 'total', 'n:succeeded', 'n:failed', 'n:cancelled')
 local ended = tonumber(b[2] or 0) + tonumber(b[3] or 0) + tonumber(b[4] or 0)
-redis.call('ZREM', KEYS[10], ARGV[1])
-local admitted, admitted_seq = '', -1
-local cap = tonumber(ARGV[9])
-while cap > 0 and admitted == '' and redis.call('ZCARD', KEYS[10]) < cap do
-  local next_job = redis.call('ZPOPMIN', KEYS[11])
-  if #next_job == 0 then
-    break
-  end
-  local key = ARGV[10] .. next_job[1]
-  local waiting = redis.call('HMGET', key, 'state', 'hold', 'seq')
-  if waiting[1] == 'waiting' and waiting[2] == 'slot' then
-    redis.call('HSET', key, 'hold', '')
-    redis.call('ZADD', KEYS[3], ARGV[4], next_job[1])
-    admitted, admitted_seq = next_job[1], tonumber(waiting[3])
-  end
+slot_free(ARGV[1], KEYS[2])
+if redis.call('ZREM', KEYS[11], ARGV[1]) == 1 and redis.call('EXISTS', KEYS[11]) == 0 then
+  redis.call('ZREM', K_READY, redis.call('HGET', KEYS[1], 'batch'))
 end
+local admitted = admit(effective_cap(ARGV[9]), ARGV[4], 1)
 local owed = deliver and 1 or 0
 local batch_ended = 0
 if tonumber(b[1] or 0) == ended and redis.call('HSETNX', KEYS[2], 'finished_at', ARGV[4]) == 1 then
@@ -76,4 +65,4 @@ if tonumber(b[1] or 0) == ended and redis.call('HSETNX', KEYS[2], 'finished_at',
   end
   batch_ended = 1
 end
-return {1, batch_ended, owed, admitted, admitted_seq}
+return {1, batch_ended, owed, admitted}

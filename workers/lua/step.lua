@@ -7,32 +7,37 @@
 -- ARGV[7] fields to increment by 1, comma-separated ('' for none)
 -- ARGV[8..] field, value pairs to set
 -- Returns {1, new seq, previous state} on success, {0, current seq, current state} otherwise.
-local cur = redis.call('HMGET', KEYS[1], 'state', 'seq')
+local job_key, batch_key, due_key, queued_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local job_id, expected_seq, allowed, new_state = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local seq_increment, due_at, increments = ARGV[5], ARGV[6], ARGV[7]
+local FIRST_FIELD = 8
+
+local cur = redis.call('HMGET', job_key, 'state', 'seq')
 local state, seq = cur[1], cur[2]
 if not state then
   return {0, -1, ''}
 end
-if seq ~= ARGV[2] or not string.find(',' .. ARGV[3] .. ',', ',' .. state .. ',', 1, true) then
+if seq ~= expected_seq or not string.find(',' .. allowed .. ',', ',' .. state .. ',', 1, true) then
   return {0, tonumber(seq), state}
 end
-local new_seq = tonumber(seq) + tonumber(ARGV[5])
-redis.call('HSET', KEYS[1], 'state', ARGV[4], 'seq', new_seq)
-for field in string.gmatch(ARGV[7], '[^,]+') do
-  redis.call('HINCRBY', KEYS[1], field, 1)
+local new_seq = tonumber(seq) + tonumber(seq_increment)
+redis.call('HSET', job_key, 'state', new_state, 'seq', new_seq)
+for field in string.gmatch(increments, '[^,]+') do
+  redis.call('HINCRBY', job_key, field, 1)
 end
-for i = 8, #ARGV, 2 do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+for i = FIRST_FIELD, #ARGV, 2 do
+  redis.call('HSET', job_key, ARGV[i], ARGV[i + 1])
 end
-if state ~= ARGV[4] then
-  redis.call('HINCRBY', KEYS[2], 'n:' .. state, -1)
-  redis.call('HINCRBY', KEYS[2], 'n:' .. ARGV[4], 1)
+if state ~= new_state then
+  redis.call('HINCRBY', batch_key, 'n:' .. state, -1)
+  redis.call('HINCRBY', batch_key, 'n:' .. new_state, 1)
 end
-if state == 'queued' then
-  redis.call('ZREM', KEYS[4], ARGV[1])
+if state == S_QUEUED then
+  redis.call('ZREM', queued_key, job_id)
 end
-if ARGV[6] == '' then
-  redis.call('ZREM', KEYS[3], ARGV[1])
+if due_at == '' then
+  redis.call('ZREM', due_key, job_id)
 else
-  redis.call('ZADD', KEYS[3], ARGV[6], ARGV[1])
+  redis.call('ZADD', due_key, due_at, job_id)
 end
 return {1, new_seq, state}

@@ -1,17 +1,32 @@
-"""The ``wanq`` commands that run the cluster rather than a batch: ``up`` / ``down`` (a local
-stack that stays up), ``doctor``, ``metrics`` and ``sim``, and the part of ``wanq run`` that
-starts what is missing."""
+"""The ``wanq`` commands that start or look after local processes: ``run`` (start what is
+missing, submit, wait), ``up`` / ``down`` (a local stack that stays up), ``doctor``,
+``metrics`` and ``sim``.
+
+They live in ``ops`` because they start what ``ops`` holds (Redis, workers, Flower, the
+simulator): ``ops`` imports ``producers`` and ``workers``, never the other way round.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import signal
 import sys
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import click
 
-from producers.terminal import console, out
+from ops import doctor as checks
+from ops import simulator
+from ops.localstack import LocalStack, StackError, running_stack, stop_recorded
+from producers.api import write_results
+from producers.cli import _client, _submit
+from producers.progress import Stopwatch, summary_table, watch
+from producers.terminal import console, out, plain
 from workers import config
+from workers import metrics as job_metrics
 
 
 def exit_on_signal(signum: int, _frame: object) -> None:
@@ -28,7 +43,6 @@ def _wants_sim(settings: config.Settings, sim: bool | None) -> bool:
 
 def local_parts(stack, settings: config.Settings, sim: bool | None, workers: int):
     """Start what ``wanq run`` needs and is missing, or use what ``wanq up`` left running."""
-    from ops.localstack import running_stack
 
     want_sim = _wants_sim(settings, sim)
     up = None if settings.redis_url else running_stack(settings.data_path)
@@ -60,7 +74,6 @@ def local_parts(stack, settings: config.Settings, sim: bool | None, workers: int
 def print_flower(stack) -> None:
     """Flower's URL once it answers (it starts beside the workers, so the batch is not kept
     waiting for it)."""
-    from ops.localstack import StackError
 
     if not stack.flower_url:
         return
@@ -84,9 +97,6 @@ def up(workers: int, sim: bool, redis_port: int, flower_port: int) -> None:
 
     Pid files and logs go under the data directory (WANQ_DATA_DIR, ~/.wanq); `wanq down`
     stops it. Without WANQ_REDIS_URL, Redis listens on 127.0.0.1:REDIS_PORT."""
-    from urllib.parse import urlsplit
-
-    from ops.localstack import LocalStack, StackError, running_stack
 
     settings = config.load()
     if running_stack(settings.data_path):
@@ -120,7 +130,6 @@ def up(workers: int, sim: bool, redis_port: int, flower_port: int) -> None:
 @click.command()
 def down() -> None:
     """Stop the stack `wanq up` started (workers finish their current tasks; nothing is lost)."""
-    from ops.localstack import stop_recorded
 
     stopped = stop_recorded(config.load().data_path)
     out.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
@@ -134,7 +143,6 @@ def down() -> None:
 def doctor(as_json: bool, worker_timeout: float) -> None:
     """Check the configuration, Redis (reachable, persistent, no eviction), the workers on
     every queue and the provider (reachable, key accepted). Exit 1 if anything fails."""
-    from ops import doctor as checks
 
     marks = {
         checks.OK: "[green]ok  [/]",
@@ -146,7 +154,7 @@ def doctor(as_json: bool, worker_timeout: float) -> None:
         if as_json:
             click.echo(json.dumps(check.__dict__))
         else:
-            out.print(f"{marks[check.verdict]} {check.name:<18} {check.detail}")
+            out.print(f"{marks[check.verdict]} {check.name:<18} {plain(check.detail)}")
     if any(check.verdict == checks.FAIL for check in results):
         sys.exit(1)
 
@@ -156,9 +164,6 @@ def doctor(as_json: bool, worker_timeout: float) -> None:
 @click.option("--addr", default="127.0.0.1", show_default=True, help="0.0.0.0 in a container.")
 def metrics(port: int, addr: str) -> None:
     """Serve Prometheus metrics of the jobs on /metrics (states, cost, failures, in flight)."""
-    import logging
-
-    from workers import metrics as job_metrics
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     job_metrics.serve(config.load(), port, addr)
@@ -169,9 +174,60 @@ def metrics(port: int, addr: str) -> None:
 @click.option("--port", default=8765, show_default=True, type=int)
 def sim(host: str, port: int) -> None:
     """Run the provider simulator (settings from WANQ_SIM_* variables)."""
-    from ops import simulator
 
     simulator.serve(host=host, port=port, config=simulator.config_from_env(os.environ))
 
 
-COMMANDS = (up, down, doctor, metrics, sim)
+@click.command()
+@click.argument("file")
+@click.option("--out", "path", type=click.Path(dir_okay=False), help="Results file (JSON Lines).")
+@click.option("--batch-id")
+@click.option("--allow-invalid", is_flag=True, help="Submit the valid lines even if some are not.")
+@click.option("--workers", default=2, show_default=True, help="Worker processes to start locally.")
+@click.option(
+    "--sim/--no-sim",
+    default=None,
+    help="Start the provider simulator (default: when "
+    "no Redis is configured and the provider URL is the default).",
+)
+@click.option(
+    "--timeout", type=float, default=None, help="Give up waiting after this many seconds."
+)
+def run(
+    file: str,
+    path: str | None,
+    batch_id: str | None,
+    allow_invalid: bool,
+    workers: int,
+    sim: bool | None,
+    timeout: float | None,
+) -> None:
+    """The one-machine path: start what is missing, submit FILE, wait, write the results."""
+    for signum in (signal.SIGTERM, signal.SIGHUP):  # stop what we started, as on Ctrl-C
+        signal.signal(signum, exit_on_signal)
+
+    settings = config.load()
+    stack = LocalStack(settings.data_path)
+    try:
+        settings = local_parts(stack, settings, sim, workers)
+        client = _client(settings)
+        clock = Stopwatch()
+        report = _submit(client, file, batch_id, allow_invalid, False)
+        print_flower(stack)
+        final = watch(client, report.batch_id, console, timeout=timeout)
+        target = Path(path or settings.data_path / "results" / f"{report.batch_id}.jsonl")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "w", encoding="utf-8") as handle:
+            written = write_results(client.results(report.batch_id), handle)
+        console.print(summary_table(final, clock.elapsed))
+        console.print(f"{written} results written to {target}")
+        if settings.archive_dir:
+            archived = Path(settings.archive_dir) / report.batch_id
+            console.print(f"outputs archived under {plain(archived)}")
+    finally:
+        if stack.processes:
+            console.print("stopping what wanq run started ...")
+            stack.stop()
+
+
+COMMANDS = (run, up, down, doctor, metrics, sim)

@@ -1,0 +1,79 @@
+"""``make_app(settings)``: the Celery app a worker runs, with wanq's tasks and its sweeper.
+
+Settings are passed in, never read here: the entry module (``workers.app``), the CLI and the
+tests each build the app from the settings they hold.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from typing import Any
+
+from celery import Celery, bootsteps, signals
+
+from workers import keys, logs, sweeper, tasks
+from workers.celeryconf import sending_app
+from workers.config import Settings
+from workers.names import TaskName
+from workers.runtime import Runtime
+from workers.sender import celery_sender
+
+log = logging.getLogger("wanq.sweeper")
+
+
+def make_app(settings: Settings) -> Celery:
+    app = sending_app(settings)
+    app.set_current()
+    runtime = Runtime(settings, celery_sender(app))
+    app.wanq_runtime = runtime  # type: ignore[attr-defined]  # read by the sweeper step
+    tasks.register(app, runtime)
+    app.steps["worker"].add(SweeperStep)
+
+    def setup_logging(loglevel: str | int | None = None, **_: object) -> None:
+        """Celery leaves logging to us: one handler, text or JSON, job IDs on job lines."""
+        secrets = (settings.api_key, settings.webhook_secret)
+        logs.configure(settings.log_format, loglevel or "INFO", secrets)
+
+    signals.setup_logging.connect(setup_logging, weak=False)
+    return app
+
+
+def runtime_of(app: Celery) -> Runtime:
+    runtime: Runtime = app.wanq_runtime  # type: ignore[attr-defined]
+    return runtime
+
+
+class SweeperStep(bootsteps.StartStopStep):
+    """Runs the sweeper in every worker; a Redis lease lets one of them sweep at a time."""
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self._stop = threading.Event()
+        self._runtime = runtime_of(parent.app)
+
+    def start(self, parent: Any) -> None:
+        try:
+            self._runtime.store.publish_cluster_settings()
+        except Exception:  # Redis down at start: the sweeper's loop retries below
+            log.exception("could not publish the cluster settings")
+        holder = f"{socket.gethostname()}:{os.getpid()}"
+        threading.Thread(target=self._run, args=(holder,), name="wanq-sweeper", daemon=True).start()
+
+    def stop(self, parent: Any) -> None:
+        self._stop.set()
+
+    def _run(self, holder: str) -> None:
+        rt = self._runtime
+        while not self._stop.wait(rt.settings.sweep_interval):
+            try:
+                rt.store.publish_cluster_settings()
+                if rt.store.take_lease(keys.SWEEPER_LEASE, holder, rt.settings.lease_ttl):
+                    sweeper.sweep(rt.store, rt.settings, rt.send)
+            except Exception:  # a sweep must never take the worker down
+                log.exception("sweep failed; retrying next interval")
+
+
+__all__ = ["TaskName", "make_app", "runtime_of"]
