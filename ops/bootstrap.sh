@@ -23,6 +23,15 @@ if ! command -v docker-compose >/dev/null 2>&1; then
     docker-compose >/dev/null
 fi
 
+if [ ! -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] && [ "$(uname -m)" = x86_64 ]; then
+  # Only for the test of a worker whose clock runs ahead (tests/test_clocks.py).
+  echo "installing faketime (Debian package) ..."
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq faketime >/dev/null || true
+fi
+
 PYTHON="${PYTHON:-python3}"
 stamp=".venv/.wanq-installed"
 want="$(sha256sum pyproject.toml | cut -c1-16)"

@@ -53,13 +53,21 @@ COUNTERS = (
     "tasks_total",
     "key_in_body",  # creates whose body contained the caller's own API key
 )
-FAULT_KINDS = ("5xx", "429", "slow", "broken")
+FAULT_KINDS = ("5xx", "429", "slow", "broken", "502_after_create")
 SERVER_ERRORS = {500: "Internal server error", 502: "Bad gateway", 503: "Service unavailable"}
 PLACEHOLDER_IMAGE_URL = "https://sim.invalid/local-file.png"
 BROKEN_BODY = '{"status": "compl'
 STEP_TEXTS = ("sketch the layout", "block in the colours", "refine the details", "final pass")
 ROUTE_FIELDS = frozenset({"create_path", "status_path"})  # routes are fixed at build time
-PROBABILITY_FIELDS = ("pending_fraction", "p_500", "p_429", "p_slow", "p_broken", "p_fail")
+PROBABILITY_FIELDS = (
+    "pending_fraction",
+    "p_500",
+    "p_429",
+    "p_slow",
+    "p_broken",
+    "p_fail",
+    "p_502_after_create",
+)
 NON_NEGATIVE_FIELDS = ("latency", "latency_jitter", "unit_price", "retry_after", "slow_seconds")
 
 
@@ -83,6 +91,7 @@ class SimConfig:
     slow_seconds: float = 3.0
     p_broken: float = 0.0  # a status response is 200 with broken JSON
     p_fail: float = 0.0  # a task ends "failed" with 001021095
+    p_502_after_create: float = 0.0  # the task is made, then a proxy answers 502 (a duplicate)
     key_revoked: bool = False  # every API call answers 401
     balance_exhausted: bool = False  # creates answer 403; status still works
     seed: int | None = None  # RNG seed for reproducible faults
@@ -319,6 +328,9 @@ class Simulator:
             self.counters["creates_rejected"] += 1
             return _error(400, exc.code, exc.message)
         task_id = self._new_task(body, raw, token)
+        if self.config.p_502_after_create and self.rng.random() < self.config.p_502_after_create:
+            self.faults["502_after_create"] += 1  # made upstream, lost on the way back
+            return _error(502, "502", "Bad Gateway")
         self.counters["creates_ok"] += 1
         payload = {self.config.id_field: task_id, "status": "pending"}
         return self._answer({**payload, "request_id": uuid.uuid4().hex})

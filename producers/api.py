@@ -193,14 +193,16 @@ class Wanq:
         codes = tuple(codes)
         if self.store.batch(batch_id).get("state") == "cancelled":
             self.store.set_control(batch_id, "active")
-        reopened = []
+        sends: dict[str, list[tuple[str, int]]] = {"create": [], "poll": [], "wait": []}
         for job in self.store.iter_batch_jobs(batch_id):
             if job["state"] == State.FAILED:
-                seq = self.store.reopen(job["job_id"], codes)
+                seq, then = self.store.reopen(job["job_id"], codes)
                 if seq >= 0:
-                    reopened.append((job["job_id"], seq))
-        self._publish("wanq.create", reopened)
-        return len(reopened)
+                    sends[then].append((job["job_id"], seq))
+        self._publish(TaskName.CREATE, sends["create"])
+        self._publish(TaskName.POLL, sends["poll"])  # known remote tasks: followed, not redone
+        self._admit()
+        return sum(len(jobs) for jobs in sends.values())
 
     def archive(self, batch_id: str, directory: str | None = None) -> tuple[int, int, int]:
         """Fetch every output not archived yet: (jobs looked at, files now missing, old URLs)."""

@@ -73,6 +73,15 @@ def summary_table(status: BatchStatus, elapsed: float | None = None) -> Table:
         if status.counts.get(state):
             table.add_row(state, str(status.counts[state]))
     table.add_row("cost (usage.cost)", f"${status.cost:.4f}")
+    if status.duplicates_possible:
+        table.add_row(
+            "possible duplicates",
+            f"{status.duplicates_possible} creates of unknown outcome, "
+            f"up to ${status.unseen:.4f} not seen in usage",
+        )
+    table.add_row("priority", f"{status.priority} ({status.in_flight} in flight)")
+    if status.waiting_for_slot:
+        table.add_row("waiting for a slot", str(status.waiting_for_slot))
     if status.max_cost is not None:
         table.add_row(
             "budget (--max-cost)",

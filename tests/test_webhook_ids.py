@@ -63,7 +63,7 @@ def forget_deliveries(store: JobStore, job_id: str) -> None:
     """What a replay after a cut AOF leaves: the end re-done later, its deliveries owed again."""
     store.redis.hdel(keys.job(job_id), "webhook")
     store.redis.hset(keys.job(job_id), "completed_at", "1999999999.5")
-    store.redis.hdel(keys.batch("b"), "webhook", "final_sent", "final_rounds")
+    store.redis.hdel(keys.batch("b"), "webhook", "final_sent")
     store.redis.hset(keys.batch("b"), "finished_at", "1999999999.6")
 
 
@@ -82,7 +82,7 @@ def test_a_replayed_end_is_announced_with_the_same_ids(redis_url, receiver):
     assert [event["type"] for _, event in seen] == ["job.ended", "batch.ended"] * 2
     assert seen[0][0] == seen[2][0], "the job's webhook-id survived the replay"
     assert seen[1][0] == seen[3][0], "the batch's webhook-id survived the replay"
-    assert seen[0][0] == webhooks.job_message_id(job_id, 0, "succeeded")
+    assert seen[0][0] == webhooks.message_id("job", f"{job_id}:1")  # the job's first round
 
 
 def test_a_new_round_after_wanq_retry_gets_new_ids(redis_url, receiver):
@@ -91,7 +91,7 @@ def test_a_new_round_after_wanq_retry_gets_new_ids(redis_url, receiver):
     job_id = ended_batch(store, url, State.FAILED)
     deliver_all(store, SETTINGS, job_id)
 
-    assert store.reopen(job_id) >= 0
+    assert store.reopen(job_id)[0] >= 0
     failure = JobFailure("001021095", "failed again").as_record()
     record = {"outputs": [], "usage": None, "error": failure}
     assert store.finish(job_id, None, State.FAILED, record, error_code="001021095")
@@ -99,4 +99,4 @@ def test_a_new_round_after_wanq_retry_gets_new_ids(redis_url, receiver):
 
     ids = [msg_id for msg_id, _ in seen]
     assert len(seen) == 4 and len(set(ids)) == 4, "round 2 is a new event for job and batch"
-    assert ids[2] == webhooks.job_message_id(job_id, 1, "failed")
+    assert ids[2] == webhooks.message_id("job", f"{job_id}:2")

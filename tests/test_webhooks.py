@@ -298,15 +298,6 @@ def test_ambiguous_receiver_urls_are_refused(receiver, secret, shape):
     assert receiver.received == []
 
 
-def test_webhook_ids_come_from_the_job_and_its_round_never_from_a_time():
-    first = webhooks.job_message_id("b:j1", 0, "succeeded")
-    assert first == webhooks.job_message_id("b:j1", 0, "succeeded")
-    assert first != webhooks.job_message_id("b:j1", 1, "succeeded")  # wanq retry: a new round
-    assert first != webhooks.job_message_id("b:j1", 0, "failed")
-    assert webhooks.batch_message_id("b", 0) == webhooks.batch_message_id("b", 0)
-    assert webhooks.batch_message_id("b", 0) != webhooks.batch_message_id("b", 1)
-
-
 def test_an_endless_answer_body_is_never_read(secret):
     for canary in serve(Canary(dribble=True)):  # 200, then one byte a second, forever
         result = deliver(f"http://{canary.address}/hook", secret, MSG, PAYLOAD)

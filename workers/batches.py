@@ -34,6 +34,9 @@ class BatchStatus:
     max_in_flight: int = 0  # its own cap under the cluster's (0: none)
     in_flight: int = 0  # its jobs holding an in-flight slot now
     waiting_for_slot: int = 0  # its jobs waiting in Redis for a slot (no message yet)
+    unseen: float = 0.0  # USD that possible duplicates may have cost (never in usage.cost)
+    duplicates_possible: int = 0  # creates whose outcome is unknown: a remote task may exist
+    price_per_image: float | None = None  # the most the provider was seen to charge
 
     @property
     def priority(self) -> str:
@@ -61,6 +64,9 @@ class BatchStatus:
             "cost_usd": round(self.cost, 6),
             "max_cost_usd": self.max_cost,
             "in_flight_worst_case_usd": round(self.reserved, 6),
+            "unseen_possible_usd": round(self.unseen, 6),
+            "duplicates_possible": self.duplicates_possible,
+            "price_per_image_usd": self.price_per_image,
             "failures_by_code": self.failures,
             "account": self.account_block or None,
             "priority": self.priority,
@@ -98,4 +104,7 @@ def batch_status(store: JobStore, batch_id: str) -> BatchStatus:
         max_in_flight=int(raw.get("max_in_flight") or 0),
         in_flight=int(raw.get("inflight") or 0),
         waiting_for_slot=store.waiting_for_slot(batch_id),
+        unseen=micros("unseen_micros"),
+        duplicates_possible=int(raw.get("duplicates_possible") or 0),
+        price_per_image=micros("price_micros") if raw.get("price_micros") else None,
     )

@@ -62,8 +62,7 @@ def _deliver_job(store: JobStore, settings: Settings, job_id: str, send: Sender)
         store.set_fields(keys.job(job_id), {"callback_sent": "1"})
     if batch.get("webhook_url"):
         event = {"type": "job.ended", "data": record}
-        round_ = len(json.loads(job.get("history") or "[]"))  # earlier rounds (wanq retry)
-        msg_id = webhooks.job_message_id(job_id, round_, job.get("state", ""))
+        msg_id = webhooks.message_id("job", job.get("event_id") or job_id)  # job and round
         return _webhook(store, settings, keys.job(job_id), batch["webhook_url"], msg_id, event)
     return Outcome()
 
@@ -77,16 +76,14 @@ def _deliver_batch(store: JobStore, settings: Settings, batch_id: str, send: Sen
         send(batch["batch_callback_task"], (counts,), queue=QueueName.CALLBACKS)
         store.set_fields(keys.batch(batch_id), {"final_task_sent": "1"})
     outcome = Outcome()
-    round_ = int(batch.get("final_rounds") or 0)  # ends announced before (wanq retry re-opens)
     if batch.get("webhook_url"):
         event = {"type": "batch.ended", "data": counts}
-        msg_id = webhooks.batch_message_id(batch_id, round_)
+        msg_id = webhooks.message_id("batch", batch_id, batch.get("endings", "1"))
         outcome = _webhook(
             store, settings, keys.batch(batch_id), batch["webhook_url"], msg_id, event
         )
     if outcome.retry_in is None:
-        done = {"final_sent": "1", "final_rounds": str(round_ + 1)}
-        store.set_fields(keys.batch(batch_id), done)
+        store.set_fields(keys.batch(batch_id), {"final_sent": "1"})
     return outcome
 
 

@@ -108,6 +108,7 @@ def _finish(
 ) -> Finish:
     record = public_record(job_id, job)
     record.update(state=str(state), outputs=outputs or [], usage=usage, error=error)
+    _learn_price(store, job_id, usage)  # before the end admits the next job: it prices it
     ended = store.finish(
         job_id,
         seq,
@@ -139,6 +140,14 @@ def announce(ended: Finish, job_id: str, send: Sender) -> None:
         send(TaskName.DELIVER, (batch_target(keys.batch_of(job_id)),))
     for admitted in ended.admitted:
         send(TaskName.CREATE, admitted)
+
+
+def _learn_price(store: JobStore, job_id: str, usage: dict[str, Any] | None) -> None:
+    """What the provider charged per image, so the batch's budget reserves at its real price."""
+    images = (usage or {}).get("image_count")
+    micros = cost_micros(usage or {})
+    if isinstance(images, int) and not isinstance(images, bool) and 0 < images <= 100 and micros:
+        store.learn_price(keys.batch_of(job_id), -(-micros // images))  # rounded up
 
 
 def latency_estimate(store: JobStore) -> float | None:

@@ -82,6 +82,8 @@ def lua_constants() -> str:
     names = {
         "K_INFLIGHT": INFLIGHT,
         "K_CLUSTER": CLUSTER,
+        "K_STATS": STATS,
+        "K_ACCOUNT": ACCOUNT,
         "K_READY": READY,
         "K_DUE": DUE,
         "K_ADMIT_TURN": ADMIT_TURN,

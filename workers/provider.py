@@ -115,10 +115,18 @@ class ProviderClient:
 
     def create(self, request: dict[str, Any]) -> str:
         """POST the request; the remote task ID, or a classified ProviderError."""
-        body = self._call("POST", self.settings.create_url, json=request)
+        try:
+            body = self._call("POST", self.settings.create_url, json=request)
+        except Transient as exc:
+            # A 5xx to a POST may come from a proxy after the provider made the task (a 502
+            # or 504 above all): its outcome is unknown, so it counts as a possible duplicate.
+            exc.ambiguous = exc.ambiguous or (exc.http_status or 0) >= 500
+            raise
         task_id = find_task_id(body, self.settings.task_id_field)
-        if not task_id:
-            raise Transient("create answer has no task ID", 200, body, unparseable=True)
+        if not task_id:  # the provider accepted it: a task exists that we cannot follow
+            raise Transient(
+                "create answer has no task ID", 200, body, unparseable=True, ambiguous=True
+            )
         return task_id
 
     def status(self, task_id: str) -> Status:

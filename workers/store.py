@@ -20,6 +20,7 @@ from redis.typing import EncodableT, FieldT
 from workers import keys
 from workers.config import Settings
 from workers.connection import connect, text, text_map, texts
+from workers.errors import STATUS_CHECK
 from workers.jobs import Job
 from workers.names import ALL_STATES, TERMINAL, BatchState, Hold, State, lua_constants
 from workers.registries import JobSet, Registries
@@ -82,6 +83,7 @@ class JobStore:
         "admit",
         "requeue",
         "repair",
+        "price",
     )
 
     def __init__(
@@ -339,22 +341,36 @@ class JobStore:
         )
         return answer if pipe is not None else finish_answer(answer)
 
-    def claim(self, job_id: str, seq: int, due: float, worst_micros: int, died: bool) -> Step:
-        """Claim for creation; ``previous`` says why not: stale, cancelled, paused, budget, full."""
+    def claim(
+        self,
+        job_id: str,
+        seq: int,
+        window: float,
+        worst_images: int,
+        unit_price: float,
+        probe: bool = False,
+    ) -> Step:
+        """Claim for creation (lua/claim.lua). When not applied, ``previous`` says why: stale,
+        busy, account, cancelled, paused, budget, full or pricing; when applied, the state it
+        was claimed from (``creating``: the last claim died between POST and ID)."""
         batch_id = keys.batch_of(job_id)
         applied, new_seq, why = self._scripts["claim"](
-            keys=[keys.job(job_id), keys.batch(batch_id), keys.DUE, keys.QUEUED, keys.INFLIGHT],
+            keys=[keys.job(job_id), keys.batch(batch_id), keys.DUE, keys.QUEUED],
             args=[
                 job_id,
                 seq,
-                time.time(),
-                repr(due),
-                worst_micros,
-                "1" if died else "0",
+                repr(window),
+                worst_images,
+                round(unit_price * 1_000_000),
                 self.max_in_flight,
+                "1" if probe else "0",
             ],
         )
-        return Step(bool(applied), int(new_seq), why)
+        return Step(bool(applied), int(new_seq), text(why))
+
+    def learn_price(self, batch_id: str, micros_per_image: int) -> int:
+        """Record what the provider charged this batch per image (kept at the highest seen)."""
+        return int(self._scripts["price"](keys=[keys.batch(batch_id)], args=[micros_per_image]))
 
     def park(self, job_id: str, seq: int, reason: Hold, detail: str = "") -> bool:
         """Park a job: it waits (never fails) until its account or batch lets it go on.
@@ -393,20 +409,16 @@ class JobStore:
         )
         return [(flat[i], int(flat[i + 1])) for i in range(0, len(flat), 2)]
 
-    def reopen(self, job_id: str, codes: tuple[str, ...] = ()) -> int:
-        """Re-open a failed job for another round; its new seq, or -1 if not re-opened."""
+    def reopen(self, job_id: str, codes: tuple[str, ...] = ()) -> tuple[int, str]:
+        """Re-open a failed job for another round (lua/reopen.lua): its new seq and what to
+        send it, ``poll`` (its known remote task is followed again), ``create`` or ``wait``
+        (admission will); (-1, '') if it was not re-opened."""
         batch_id = keys.batch_of(job_id)
-        return int(
-            self._scripts["reopen"](
-                keys=[
-                    keys.job(job_id),
-                    keys.batch(batch_id),
-                    keys.QUEUED,
-                    keys.batch_codes(batch_id),
-                ],
-                args=[job_id, time.time(), ",".join(codes)],
-            )
+        seq, then = self._scripts["reopen"](
+            keys=[keys.job(job_id), keys.batch(batch_id), keys.QUEUED, keys.batch_codes(batch_id)],
+            args=[job_id, time.time(), ",".join(codes), STATUS_CHECK, self.max_in_flight],
         )
+        return int(seq), text(then)
 
     def set_control(self, batch_id: str, state: str, **fields: Any) -> None:
         """Batch state: ``active``, ``paused``, ``budget`` (paused by its cap), ``cancelled``."""
@@ -456,6 +468,13 @@ class JobStore:
             )
         )
 
+    def postpone(self, job_id: str, when: float) -> None:
+        """A create waiting for its pace slot is not overdue: move its sweep time on."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zadd(keys.DUE, {job_id: when}, xx=True)
+        pipe.zadd(keys.QUEUED, {job_id: when}, xx=True)
+        pipe.execute()
+
     def publish_cluster_settings(self) -> None:
         """What every process must agree on, written by each worker as it starts: scripts
         called with no cap of their own (a producer's) use this one."""
@@ -468,12 +487,15 @@ class JobStore:
         """Cluster counters (duplicate creations, rescues): kept, never hidden."""
         self.redis.hincrby(keys.STATS, name, by)
 
-    def count_ambiguous_create(self, job_id: str) -> None:
-        """A POST that got no answer may have made a remote task: counted on the cluster and
-        on the job, so duplicates are shown, not hidden."""
+    def count_ambiguous_create(self, job_id: str, unseen_micros: int) -> None:
+        """A POST whose outcome is unknown (no answer, a 5xx, an answer without an ID) may have
+        made a remote task: counted on the cluster, the job and its batch (with its possible
+        cost as unseen money), so duplicates are shown, not hidden."""
         pipe = self.redis.pipeline()
         pipe.hincrby(keys.STATS, "create_ambiguous", 1)
         pipe.hincrby(keys.job(job_id), "create_ambiguous", 1)
+        pipe.hincrby(keys.batch(keys.batch_of(job_id)), "duplicates_possible", 1)
+        pipe.hincrby(keys.batch(keys.batch_of(job_id)), "unseen_micros", max(0, unseen_micros))
         pipe.execute()
 
     def stats(self) -> dict[str, str]:

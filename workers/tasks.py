@@ -76,42 +76,38 @@ def create_step(
         return _poll_if_overdue(rt, job)
     if job.seq != seq or job.state not in CLAIMABLE:
         return "stale"
-    now = time.time()
-    died_in_window = job.state == State.CREATING
-    if died_in_window and now - job.claimed_at < rt.create_window():
-        return "busy"  # another worker is creating it right now
-    block = account.blocked(jobs.redis)
-    if block and not probe:
-        jobs.park(job_id, seq, Hold.ACCOUNT, block.get("reason", "account blocked"))
-        return "held"
     if not paced:
         wait = jobs.pace(settings.create_rate, settings.max_countdown)
-        if wait > 0:
+        if wait > 0:  # waiting for its pace slot is not being overdue: the sweeper must wait too
             reserved = wait <= settings.max_countdown
-            raise task.retry(
-                kwargs={"probe": probe, "paced": reserved},
-                countdown=min(wait, settings.max_countdown),
-            )
+            countdown = min(wait, settings.max_countdown)
+            jobs.postpone(job_id, time.time() + countdown)
+            raise task.retry(kwargs={"probe": probe, "paced": reserved}, countdown=countdown)
 
     request = jobs.request(job_id) or {}
-    worst = round(worst_case_images(request) * settings.unit_price * 1_000_000)
-    claim = jobs.claim(job_id, seq, now + rt.create_window(), worst, died_in_window)
+    claim = jobs.claim(
+        job_id, seq, rt.create_window(), worst_case_images(request), settings.unit_price, probe
+    )
     if not claim.applied:
         return _not_claimed(rt, job, claim.previous)
-    if died_in_window:
-        jobs.count("create_window_losses")
-        log.warning("job %s: a create died between POST and storing the ID", job_id)
+    if claim.previous == State.CREATING:
+        log.warning("job %s: a create died between POST and storing the ID (counted)", job_id)
     return _create_remote(rt, task, job, claim.seq, job.attempts + 1, request)
 
 
 def _not_claimed(rt: Runtime, job: Job, why: str) -> str:
-    """Cancelled jobs end; jobs of a paused or over-budget batch, or over the in-flight cap,
-    park in Redis (not as countdown messages in a worker) until they may go on."""
+    """Cancelled jobs end; jobs of a blocked account, a paused or over-budget batch, or over
+    the in-flight cap park in Redis (not as countdown messages in a worker) until they may
+    go on."""
     if why == BatchState.CANCELLED:
         cancel(rt.store, job.job_id, job.raw, rt.send)
+    elif why == Hold.ACCOUNT:
+        block = account.blocked(rt.store.redis)
+        rt.store.park(job.job_id, job.seq, Hold.ACCOUNT, block.get("reason", "account blocked"))
+        return "held"
     elif why in (Hold.PAUSED, Hold.BUDGET):
         rt.store.park(job.job_id, job.seq, Hold(why), f"batch {why}")
-    elif why == "full":
+    elif why in ("full", "pricing"):
         rt.store.park(job.job_id, job.seq, Hold.SLOT, "waiting for an in-flight slot")
     return why
 
@@ -147,8 +143,9 @@ def _create_remote(
         )
         return "failed"
     except Transient as exc:
-        if exc.ambiguous:  # no answer to a POST: a duplicate remote task is possible; count it
-            jobs.count_ambiguous_create(job_id)
+        if exc.ambiguous:  # the POST may have made a task: a possible duplicate, counted
+            unseen = worst_case_images(request) * round(settings.unit_price * 1_000_000)
+            jobs.count_ambiguous_create(job_id, unseen)
         if exc.http_status == 429:
             rate = pacing.tighten(jobs.redis, settings.create_rate)
             if rate is not None:

@@ -3,14 +3,14 @@
 Every ended job (and, once, every ended batch) is POSTed as JSON to the batch's webhook URL
 with ``webhook-id``, ``webhook-timestamp`` and ``webhook-signature`` headers (HMAC-SHA256 over
 ``id.timestamp.body`` with the ``whsec_`` secret). The id is derived from the event, never
-from a time: a job's from its ID, its round (``wanq retry`` starts a new one) and its terminal
-state (``job_message_id``), so every retry, and a replay after Redis lost the end of its AOF,
-carries the same one and receivers can drop duplicates; the timestamp is signed afresh on each
-attempt. Receivers are reached through ``workers.netguard``: a URL resolving to a private or
-loopback address is refused unless the allow-list (``WANQ_WEBHOOK_ALLOW_HOSTS``) names it, and
-the POST goes to the address that was checked. Retries and their countdowns belong to the
-calling Celery task: ``deliver`` never sleeps or loops, it makes one POST and says whether
-another is worth it.
+from a time: a job's from the ``event_id`` its ending wrote (its ID and round: ``wanq retry``
+starts a new one), a batch's from how many times it ended, so every retry, and a replay after
+Redis lost the end of its AOF, carries the same one and receivers can drop duplicates; the
+timestamp is signed afresh on each attempt. Receivers are reached through
+``workers.netguard``: a URL resolving to a private or loopback address is refused unless the
+allow-list (``WANQ_WEBHOOK_ALLOW_HOSTS``) names it, and the POST goes to the address that was
+checked. Retries and their countdowns belong to the caller: ``deliver`` never sleeps or loops,
+it makes one POST and says whether another is worth it.
 
 A receiver verifies with the ``standardwebhooks`` package, on the raw body bytes::
 
@@ -62,22 +62,6 @@ def message_id(*parts: str) -> str:
     so receivers can deduplicate, and with no state to keep."""
     digest = hashlib.sha256("\0".join(parts).encode()).hexdigest()
     return f"msg_{digest[:24]}"
-
-
-def job_event_id(job_id: str, round_: int, state: str) -> str:
-    """One job ending, named by what it is, never by when: ``job_id:round:state`` (round =
-    earlier rounds in the record's history). Meant for the stream entry's ``event_id`` too."""
-    return f"{job_id}:{round_}:{state}"
-
-
-def job_message_id(job_id: str, round_: int, state: str) -> str:
-    """A job's ``webhook-id``: the same for the same ending whenever it is sent again."""
-    return message_id("job", job_event_id(job_id, round_, state))
-
-
-def batch_message_id(batch_id: str, round_: int) -> str:
-    """A batch's ``webhook-id``: round = how many times its end was announced before."""
-    return message_id("batch", batch_id, str(round_))
 
 
 def generate_secret() -> str:
@@ -169,11 +153,8 @@ def _webhook(secret: str) -> Webhook:
 __all__ = [
     "Delivery",
     "WebhookVerificationError",
-    "batch_message_id",
     "deliver",
     "generate_secret",
-    "job_event_id",
-    "job_message_id",
     "message_id",
     "sign",
     "verify",

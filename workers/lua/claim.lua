@@ -1,45 +1,84 @@
--- Claim a job for creation: compare-and-set on seq, then the batch's controls, then its budget.
+-- Claim a job for creation: compare-and-set on seq, then the account, the batch's controls,
+-- the in-flight cap and the budget.
 -- The budget reserves the job's worst-case cost until the job ends (finish.lua gives it back),
--- so spent cost plus the worst case of everything in flight never passes the cap.
--- A cluster-wide cap on remote tasks in flight (and the batch's own max_in_flight) is checked
--- here too: a job admitted to a slot (lib/slots.lua) already holds it; any other takes one now
--- if one is free. It keeps the slot until it ends or is parked.
+-- priced at the higher of the configured unit price and the price the provider was seen to
+-- charge this batch (price.lua); spent, reserved and possibly-duplicated (unseen) cost plus
+-- this job's worst case never pass the cap. Until a budgeted batch has seen its price, one
+-- job at a time is in flight ('pricing'): a provider dearer than configured is found out by
+-- one job, not by the whole cap.
+-- A job admitted to a slot (lib/slots.lua) already holds it; any other takes one if free.
+-- Times are Redis's own (TIME): workers whose clocks disagree still agree on "busy".
 -- KEYS[1] job hash   KEYS[2] batch hash   KEYS[3] due zset   KEYS[4] queued zset
--- KEYS[5] in-flight zset
--- ARGV[1] job_id   ARGV[2] expected seq   ARGV[3] now   ARGV[4] when the create is overdue
--- ARGV[5] the job's worst-case cost in micro-USD   ARGV[6] '1' if the last claim died mid-create
--- ARGV[7] in-flight cap (0 = none)
--- Returns {1, new seq, previous state}, or {0, seq, why} with why one of
--- 'stale' (moved on), 'cancelled', 'paused' (batch paused), 'budget' (cap reached) and
--- 'full' (the in-flight cap, or the batch's, is reached).
-local job_key, batch_key, due_key, queued_key, inflight_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local job_id, expected_seq, now, overdue_at = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local worst_micros, died_in_window, cap = ARGV[5], ARGV[6], effective_cap(ARGV[7])
+-- ARGV[1] job_id   ARGV[2] expected seq   ARGV[3] create window, seconds (a claim older than
+-- this died between POST and storing the ID)   ARGV[4] the job's worst-case image count
+-- ARGV[5] configured unit price, micro-USD per image   ARGV[6] in-flight cap (0 = none)
+-- ARGV[7] '1' for the account probe (the one create allowed while the account is blocked)
+-- Returns {1, new seq, previous state}, or {0, seq, why} with why one of 'stale' (moved on),
+-- 'busy' (another worker is creating it now), 'account' (the account is blocked),
+-- 'cancelled', 'paused', 'budget', 'full' (the in-flight cap, or the batch's) and 'pricing'.
+-- A previous claim that died mid-create is counted here, once, whatever the answer: its
+-- remote task may exist (a possible duplicate), priced into the batch's 'unseen_micros'.
+local job_key, batch_key, due_key, queued_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local job_id, expected_seq = ARGV[1], ARGV[2]
+local window, worst_images = tonumber(ARGV[3]), tonumber(ARGV[4])
+local unit_micros, cap, probe = tonumber(ARGV[5]), effective_cap(ARGV[6]), ARGV[7] == '1'
+if not (window and worst_images and unit_micros) or worst_images < 0 or unit_micros < 0 then
+  return redis.error_reply('claim: window, images and price must be non-negative numbers')
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 
-local cur = redis.call('HMGET', job_key, 'state', 'seq', 'reserved_micros')
+local cur = redis.call('HMGET', job_key, 'state', 'seq', 'reserved_micros', 'claimed_at',
+  'loss_seq')
 local state, seq = cur[1], cur[2]
 if not state or seq ~= expected_seq or not (state == S_QUEUED or state == S_WAITING or state == S_CREATING) then
   return {0, tonumber(seq or -1), 'stale'}
 end
-local control = redis.call('HMGET', batch_key, 'state', 'max_cost_micros', 'cost_micros', 'reserved_micros')
+local control = redis.call('HMGET', batch_key, 'state', 'max_cost_micros', 'cost_micros',
+  'reserved_micros', 'unseen_micros', 'price_micros')
+local price = math.max(unit_micros, tonumber(control[6] or 0) or 0)
+if state == S_CREATING then
+  if now - tonumber(cur[4] or 0) < window then
+    return {0, tonumber(seq), 'busy'}
+  end
+  if cur[5] ~= seq then  -- died between POST and storing the ID: count it once
+    local unseen = tonumber(cur[3] or 0)
+    if unseen <= 0 then
+      unseen = worst_images * price
+    end
+    redis.call('HSET', job_key, 'loss_seq', seq)
+    redis.call('HINCRBY', job_key, 'create_window_losses', 1)
+    redis.call('HINCRBY', K_STATS, 'create_window_losses', 1)
+    redis.call('HINCRBY', batch_key, 'duplicates_possible', 1)
+    redis.call('HINCRBY', batch_key, 'unseen_micros', math.floor(unseen))
+  end
+end
+if redis.call('HEXISTS', K_ACCOUNT, 'state') == 1 and not probe then
+  return {0, tonumber(seq), 'account'}
+end
 if control[1] == B_CANCELLED then
   return {0, tonumber(seq), 'cancelled'}
 end
 if control[1] == B_PAUSED or control[1] == B_BUDGET then
   return {0, tonumber(seq), B_PAUSED}
 end
-local holds_slot = redis.call('ZSCORE', inflight_key, job_id)
+local holds_slot = redis.call('ZSCORE', K_INFLIGHT, job_id)
 if not holds_slot and batch_full(batch_key, cap) then
   return {0, tonumber(seq), 'full'}
 end
 if control[2] and tonumber(cur[3] or 0) == 0 then
-  local committed = tonumber(control[3] or 0) + tonumber(control[4] or 0)
-  if committed + tonumber(worst_micros) > tonumber(control[2]) then
+  local reserved = tonumber(control[4] or 0)
+  if not control[6] and reserved > 0 then
+    return {0, tonumber(seq), 'pricing'}
+  end
+  local worst = math.floor(worst_images * price)
+  local committed = tonumber(control[3] or 0) + reserved + tonumber(control[5] or 0)
+  if committed + worst > tonumber(control[2]) then
     redis.call('HSET', batch_key, 'state', B_BUDGET)
     return {0, tonumber(seq), B_BUDGET}
   end
-  redis.call('HINCRBY', batch_key, 'reserved_micros', worst_micros)
-  redis.call('HSET', job_key, 'reserved_micros', worst_micros)
+  redis.call('HINCRBY', batch_key, 'reserved_micros', worst)
+  redis.call('HSET', job_key, 'reserved_micros', worst)
 end
 if not holds_slot then
   slot_take(job_id, batch_key, now)
@@ -47,13 +86,10 @@ end
 local new_seq = tonumber(seq) + 1
 redis.call('HSET', job_key, 'state', S_CREATING, 'seq', new_seq, 'claimed_at', now, 'hold', '')
 redis.call('HINCRBY', job_key, 'attempts', 1)
-if died_in_window == '1' then
-  redis.call('HINCRBY', job_key, 'create_window_losses', 1)
-end
 if state ~= S_CREATING then
   redis.call('HINCRBY', batch_key, 'n:' .. state, -1)
   redis.call('HINCRBY', batch_key, 'n:' .. S_CREATING, 1)
 end
 redis.call('ZREM', queued_key, job_id)
-redis.call('ZADD', due_key, overdue_at, job_id)
+redis.call('ZADD', due_key, now + window, job_id)
 return {1, new_seq, state}

@@ -15,6 +15,12 @@
 -- The job's budget reservation and in-flight slot are given back here; the slot goes at once
 -- to the batch furthest below its share (lib/slots.lua; the admitted job's create is the
 -- caller's to send; it is put in the due set so a lost send is swept).
+-- Arguments are checked before the first write: a bad one must not leave half a step done.
+local cost_arg = tonumber(ARGV[5])
+if not cost_arg or cost_arg < 0 or cost_arg > 1e12 or cost_arg ~= math.floor(cost_arg)
+    or not tonumber(ARGV[4]) or not tonumber(ARGV[7]) then
+  return redis.error_reply('finish: cost, time and stream length must be bounded numbers')
+end
 local cur = redis.call('HMGET', KEYS[1], 'state', 'seq')
 local state, seq = cur[1], cur[2]
 if not state or state == 'succeeded' or state == 'failed' or state == 'cancelled' then
@@ -48,8 +54,13 @@ local deliver = ARGV[11] == '1' or redis.call('HGET', KEYS[2], 'deliver') == '1'
 if deliver then
   redis.call('ZADD', KEYS[8], ARGV[4], ARGV[1])
 end
+-- The event's ID names the job and its round (wanq retry starts a new one), never a time: a
+-- replay of this step after a crash (an AOF cut under appendfsync everysec) carries the same
+-- ID, so consumers of the stream and of webhooks can drop the repeat.
+local event_id = ARGV[1] .. ':' .. (redis.call('HGET', KEYS[1], 'round') or '1')
+redis.call('HSET', KEYS[1], 'event_id', event_id)
 redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[7], '*',
-  'job_id', ARGV[1], 'state', ARGV[3], 'record', ARGV[8])
+  'job_id', ARGV[1], 'state', ARGV[3], 'event_id', event_id, 'record', ARGV[8])
 local b = redis.call('HMGET', KEYS[2], 'total', 'n:succeeded', 'n:failed', 'n:cancelled')
 local ended = tonumber(b[2] or 0) + tonumber(b[3] or 0) + tonumber(b[4] or 0)
 slot_free(ARGV[1], KEYS[2])
@@ -60,6 +71,7 @@ local admitted = admit(effective_cap(ARGV[9]), ARGV[4], 1)
 local owed = deliver and 1 or 0
 local batch_ended = 0
 if tonumber(b[1] or 0) == ended and redis.call('HSETNX', KEYS[2], 'finished_at', ARGV[4]) == 1 then
+  redis.call('HINCRBY', KEYS[2], 'endings', 1)  -- names the batch.ended event (no time in it)
   if deliver then
     redis.call('ZADD', KEYS[8], ARGV[4], 'batch:' .. redis.call('HGET', KEYS[1], 'batch'))
   end

@@ -1,0 +1,87 @@
+"""Fair share: a small batch submitted while a big one holds every in-flight slot.
+
+A big batch (full: 4,000 jobs; quick: 2,400) fills the cap C; then a 50-job batch is
+submitted. Measured: seconds from its submission to its first remote task (target: at most
+1.5 L, it needs only the next freed slots), its makespan against what its fair share
+predicts, and the most remote tasks the provider saw at once (never above C).
+
+What its share predicts: with two active batches of equal weight the small one is owed C/2
+slots. Slots free at the provider's rate C/L, and the small batch takes each freed slot until
+it holds min(50, C/2); then each of its rounds lasts L. So its makespan is about
+``50 / (C/L)`` (slots freeing) + ``ceil(50 / (C/2)) * L`` (its rounds).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+from ops.bench import submission
+from ops.bench.cluster import Bench, wait_until
+from workers import keys
+
+SMALL_JOBS = 50
+BIG_JOBS = {"full": 4_000, "quick": 2_400}
+
+
+@dataclass
+class SharingResult:
+    big_jobs: int
+    small_jobs: int
+    first_create_s: float  # small batch's submission to its first remote task
+    small_makespan_s: float  # its submission to its last record
+    predicted_s: float  # what its fair share (C/2 slots) predicts
+    peak_provider_in_flight: int  # remote tasks at once as the provider saw them
+    big_ended_when_small_done: int
+
+    @property
+    def makespan_vs_share(self) -> float:
+        return self.small_makespan_s / self.predicted_s
+
+
+def predicted_makespan(jobs: int, cap: int, latency: float) -> float:
+    share = max(1, cap // 2)
+    return jobs / (cap / latency) + math.ceil(jobs / share) * latency
+
+
+def run(bench: Bench, workers: int) -> SharingResult:
+    params = bench.params
+    big_jobs = BIG_JOBS[params.mode] if params.size != "tiny" else 4 * params.cap
+    big_path = submission.write_batch(bench.data_dir / f"sharing-big-{big_jobs}.jsonl", big_jobs)
+    small_path = submission.write_batch(bench.data_dir / "sharing-small.jsonl", SMALL_JOBS, seed=5)
+    bench.flush()
+    processes = bench.start_workers(workers, params.cap)
+    peak = 0
+    try:
+        client = bench.client()
+        client.submit(big_path, batch_id="share-big")
+        redis = bench.redis()
+        wait_until(lambda: redis.zcard(keys.INFLIGHT) >= params.cap, 4 * params.latency + 60)
+        submitted = time.time()
+        client.submit(small_path, batch_id="share-small")
+        deadline = time.monotonic() + 10 * params.latency + 120
+        while not client.status("share-small").done and time.monotonic() < deadline:
+            peak = max(peak, _provider_in_flight(bench))
+            time.sleep(0.2)  # a sampling interval, not synchronisation
+        records = list(client.store.iter_batch_jobs("share-small"))
+        big_ended = client.status("share-big").ended
+        client.cancel("share-big")
+    finally:
+        bench.stop_processes(processes)
+    created = [float(r["created_at"]) for r in records if r.get("created_at")]
+    ended = [float(r["completed_at"]) for r in records if r.get("completed_at")]
+    return SharingResult(
+        big_jobs=big_jobs,
+        small_jobs=SMALL_JOBS,
+        first_create_s=(min(created) - submitted) if created else float("nan"),
+        small_makespan_s=(max(ended) - submitted) if len(ended) == SMALL_JOBS else float("nan"),
+        predicted_s=predicted_makespan(SMALL_JOBS, params.cap, params.latency),
+        peak_provider_in_flight=peak,
+        big_ended_when_small_done=big_ended,
+    )
+
+
+def _provider_in_flight(bench: Bench) -> int:
+    by_state = bench.sim_stats().get("tasks_by_state", {})
+    return int(by_state.get("pending", 0)) + int(by_state.get("processing", 0))
