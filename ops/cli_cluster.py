@@ -20,7 +20,6 @@ from urllib.parse import urlsplit
 
 import click
 import redis
-from rich.markup import escape
 
 from ops import doctor as checks
 from ops import simulator
@@ -31,7 +30,7 @@ from producers.api import write_results
 from producers.cli import EXIT_INVALID, _client, _submit
 from producers.progress import Stopwatch, summary_table, watch
 from producers.submit import check_batch_id, new_batch_id
-from producers.terminal import console, out
+from producers.terminal import console, out, plain
 from workers import config, connection
 from workers import metrics as job_metrics
 from workers.errors import ConfigError
@@ -196,7 +195,7 @@ def doctor(as_json: bool, worker_timeout: float) -> None:
         if as_json:
             click.echo(json.dumps(check.__dict__))
         else:
-            out.print(f"{marks[check.verdict]} {check.name:<18} {check.detail}")
+            out.print(f"{marks[check.verdict]} {check.name:<18} {plain(check.detail)}")
     if any(check.verdict == checks.FAIL for check in results):
         sys.exit(1)
 
@@ -273,7 +272,8 @@ def run(
         console.print(summary_table(final, clock.elapsed))
         console.print(f"{written} results written to {target}")
         if settings.archive_dir:
-            console.print(f"outputs archived under {Path(settings.archive_dir) / report.batch_id}")
+            archived = Path(settings.archive_dir) / report.batch_id
+            console.print(f"outputs archived under {plain(archived)}")
     except TimeoutError:
         console.print(f"[yellow]batch {batch_id} not finished after --timeout {timeout:g} s[/]")
         _resume_hint(batch_id, file, path, allow_invalid, stack)
@@ -299,13 +299,13 @@ def _resume_hint(batch_id: str, file: str, path: str | None, allow_invalid: bool
     again += ["--out", path] if path else []
     console.print(
         f"\nbatch [bold]{batch_id}[/] is kept in Redis; go on with\n"
-        f"  {escape(shlex.join(again))}\n"
+        f"  {plain(shlex.join(again))}\n"
         f"(identical lines are not enqueued twice; `wanq status {batch_id}` shows where it is)"
     )
     if any(p.name == "simulator" for p in stack.processes):
         console.print(
             "the simulator this run started keeps its tasks in "
-            f"{escape(str(stack.data_dir / 'simulator'))} when it stops: the jobs in flight "
+            f"{plain(stack.data_dir / 'simulator')} when it stops: the jobs in flight "
             "are followed again when the run goes on"
         )
 

@@ -103,6 +103,8 @@ class SimConfig:
     key_revoked: bool = False  # every API call answers 401
     balance_exhausted: bool = False  # creates answer 403; status still works
     seed: int | None = None  # RNG seed for reproducible faults
+    hostile_usage: str = ""  # a JSON object merged into every completed answer's usage
+    output_base: str = ""  # image URLs start with this, not the address the client reached
 
     def public(self) -> dict[str, Any]:
         """The config as shown by the admin endpoint and the log: without the API key."""
@@ -299,11 +301,15 @@ class Simulator:
             if task.interleave:
                 step = STEP_TEXTS[i % len(STEP_TEXTS)]
                 content.append({"type": "text", "text": f"Step {i + 1}: {step}"})
-            content.append({"type": "image", "url": f"{base}/files/{task_id}/{i}.png"})
+            url_base = self.config.output_base or base
+            content.append({"type": "image", "url": f"{url_base}/files/{task_id}/{i}.png"})
         cost = f"{task.price * task.image_count:.4f}"
+        usage = {"cost": cost, "discount": 0, "image_count": task.image_count}
+        if self.config.hostile_usage:  # tests of answers no real provider should give
+            usage.update(json.loads(self.config.hostile_usage))
         return {
             "output": [{"content": content, "jobId": task_id}],
-            "usage": {"cost": cost, "discount": 0, "image_count": task.image_count},
+            "usage": usage,
             "metadata": {"model": "wan26_i2i"},
         }
 

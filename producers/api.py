@@ -28,7 +28,7 @@ from producers.batchfile import BatchLine
 from producers.publish import TaskPublisher, task_publisher
 from producers.submit import Source, SubmitReport, submit_file, validate_file
 from producers.validation import ValidationOptions
-from workers import config, connection, deliveries, errors, keys
+from workers import config, connection, deliveries, errors, keys, netguard
 from workers.batches import BatchStatus, batch_status
 from workers.celeryconf import sending_app
 from workers.errors import BatchNotFound, SubmissionRefused
@@ -115,8 +115,7 @@ class Wanq:
         request of lines changed under an existing custom_id instead of refusing."""
         batch = batch or BatchOptions()
         if batch.webhook_url:
-            if not batch.webhook_url.startswith(("http://", "https://")):
-                raise ValueError("webhook URLs must be http:// or https://")
+            netguard.parse(batch.webhook_url)  # ValueError for anything ambiguous, at once
             if not self.settings.webhook_secret:
                 raise ValueError("a webhook needs WANQ_WEBHOOK_SECRET (whsec_...) to sign with")
         with self._publisher() as publisher:
@@ -290,10 +289,14 @@ def _refusal_detail(report: SubmitReport) -> str:
 
 
 def write_results(records: Iterable[dict[str, Any]], out: IO[str], fmt: str = "jsonl") -> int:
-    """Stream records as JSON Lines or CSV (nested fields JSON-encoded); returns the count."""
+    """Stream records as JSON Lines or CSV (nested fields JSON-encoded); returns the count.
+
+    CSV cells are quoted and, when they start like a formula, neutralised the way OWASP
+    describes (see ``spreadsheet_safe``): custom_ids, prompts and the provider's fields are
+    not ours, and a spreadsheet would run ``=HYPERLINK(...)`` from any of them."""
     count = 0
     if fmt == "csv":
-        writer = csv.DictWriter(out, fieldnames=RESULT_FIELDS)
+        writer = csv.DictWriter(out, fieldnames=RESULT_FIELDS, quoting=csv.QUOTE_ALL)
         writer.writeheader()
         for record in records:
             writer.writerow({k: _cell(v) for k, v in record.items()})
@@ -305,5 +308,16 @@ def write_results(records: Iterable[dict[str, Any]], out: IO[str], fmt: str = "j
     return count
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(cell: str) -> str:
+    """A cell a spreadsheet shows as text: one starting with = + - @ tab or CR gets a leading
+    single quote (OWASP, CSV injection). Nested JSON (``[``, ``{``) never starts that way."""
+    return "'" + cell if cell.startswith(FORMULA_START) else cell
+
+
 def _cell(value: Any) -> Any:
-    return json.dumps(value, ensure_ascii=False) if isinstance(value, (list, dict)) else value
+    if isinstance(value, (list, dict)):
+        value = json.dumps(value, ensure_ascii=False)
+    return spreadsheet_safe(value) if isinstance(value, str) else value

@@ -22,7 +22,12 @@ from typing import IO
 
 from producers import csvfile
 from producers.images import json_type
-from producers.validation import DEFAULT_OPTIONS, ValidationOptions, validate_request
+from producers.validation import (
+    DEFAULT_OPTIONS,
+    ValidationOptions,
+    check_encodable,
+    validate_request,
+)
 from workers import errors
 from workers.errors import ValidationError
 
@@ -209,4 +214,4 @@ def _custom_id(record: dict) -> str:
     if not 1 <= len(custom_id) <= MAX_CUSTOM_ID:
         detail = f"got {len(custom_id)} characters"
         raise ValidationError(errors.CUSTOM_ID, detail, "custom_id")
-    return custom_id
+    return check_encodable(custom_id, "custom_id")

@@ -8,11 +8,10 @@ import sys
 from pathlib import Path
 
 import click
-from rich.markup import escape
 
 from producers import exits
 from producers.batchfile import BatchLine
-from producers.terminal import console, out
+from producers.terminal import console, out, plain
 from producers.validation import ValidationOptions
 from workers import config, errors
 from workers.errors import message_for
@@ -38,7 +37,7 @@ def _client(settings: config.Settings | None = None):
 def _report_invalid(lines: list[BatchLine], limit: int = 20, what: str = "invalid") -> None:
     for line in lines[:limit]:
         console.print(
-            f"[red]line {line.line}[/] {escape(line.custom_id or '')}: {escape(str(line.error))}"
+            f"[red]line {line.line}[/] {plain(line.custom_id or '')}: {plain(line.error)}"
         )
     if len(lines) > limit:
         console.print(f"... and {len(lines) - limit} more {what} lines")
@@ -62,7 +61,9 @@ def validate(file: str, as_json: bool, truncate: bool, probe: bool) -> None:
     try:
         lines = validate_file(file, _options(file, truncate, probe))
     except (OSError, ValueError) as exc:
-        console.print(f"[red]cannot read {file}: {getattr(exc, 'strerror', None) or exc}[/]")
+        console.print(
+            f"[red]cannot read {plain(file)}: {plain(getattr(exc, 'strerror', None) or exc)}[/]"
+        )
         sys.exit(EXIT_UNREADABLE)
     valid = invalid = 0
     for line in lines:  # the report on stdout (wanq validate f > report.txt keeps it)
@@ -70,11 +71,11 @@ def validate(file: str, as_json: bool, truncate: bool, probe: bool) -> None:
         if as_json:
             click.echo(json.dumps(_line_json(line), ensure_ascii=False))
         elif not line.valid:
-            click.echo(f"line {line.line} {line.custom_id or ''}: {line.error}")
+            click.echo(f"line {line.line} {plain(line.custom_id or '')}: {plain(line.error)}")
     if not as_json:
         click.echo(f"{valid} valid, {invalid} invalid")
     if not valid and not invalid:
-        console.print(f"[red]{escape(file)} has no line: nothing to validate[/]")
+        console.print(f"[red]{plain(file)} has no line: nothing to validate[/]")
     sys.exit(EXIT_INVALID if invalid or not valid else 0)
 
 
@@ -158,7 +159,7 @@ def submit(
         max_cost, webhook, callback_task, batch_callback_task, priority, max_in_flight
     )
     report = _submit(client, file, batch_id, allow_invalid, truncate, batch, probe, ignore_changed)
-    out.print(report.batch_id)
+    out.print(plain(report.batch_id))
     if wait:
         _watch(client, report.batch_id)
 
@@ -171,7 +172,7 @@ def _dry_run(file: str, truncate: bool, probe: bool = False) -> None:
     try:
         report = estimate(validate_file(file, _options(file, truncate, probe)), settings.unit_price)
     except (OSError, ValueError) as exc:
-        console.print(f"[red]cannot read {file}: {exc}[/]")
+        console.print(f"[red]cannot read {plain(file)}: {plain(exc)}[/]")
         sys.exit(EXIT_UNREADABLE)
     out.print(f"{report.lines} lines: {report.valid} valid, {report.invalid} invalid")
     for code, lines in sorted(report.invalid_by_code.items()):
@@ -219,12 +220,12 @@ def _submit(
                 ignore_changed=ignore_changed,
             )
     except OSError as exc:
-        console.print(f"[red]cannot read {escape(file)}: {escape(str(exc.strerror or exc))}[/]")
+        console.print(f"[red]cannot read {plain(file)}: {plain(exc.strerror or exc)}[/]")
         sys.exit(EXIT_UNREADABLE)
     except SubmissionRefused as refused:
         _refused(refused.report)
     except (ValueError, UnicodeDecodeError) as exc:
-        console.print(f"[red]{escape(str(exc))}[/]")
+        console.print(f"[red]{plain(exc)}[/]")
         sys.exit(EXIT_UNREADABLE)
     if report.invalid:
         _report_invalid(report.invalid)
@@ -289,8 +290,8 @@ def batches() -> None:
     table = Table("batch", "state", "priority", "ended", "jobs", "failed", "cost")
     for status in _client().batches():
         table.add_row(
-            status.batch_id,
-            escape(status.listing_state),
+            plain(status.batch_id),
+            plain(status.listing_state),
             status.priority,
             str(status.ended),
             str(status.total),
@@ -310,7 +311,7 @@ def priority(batch: str, level: str) -> None:
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="LEVEL") from None
     weight = _steer(lambda client: client.set_priority(batch, level), batch)
-    console.print(f"batch {batch}: priority {priority_name(weight)} (weight {weight:g})")
+    console.print(f"batch {plain(batch)}: priority {priority_name(weight)} (weight {weight:g})")
 
 
 @main.command()
@@ -319,7 +320,7 @@ def cancel(batch: str) -> None:
     """Stop a batch: jobs not created are never created, jobs in flight end cancelled."""
     ended = _steer(lambda client: client.cancel(batch), batch)
     console.print(
-        f"batch {batch} cancelled: {ended} jobs ended as cancelled "
+        f"batch {plain(batch)} cancelled: {ended} jobs ended as cancelled "
         "(remote tasks already created run to their end upstream: no remote cancel)"
     )
 
@@ -329,7 +330,7 @@ def cancel(batch: str) -> None:
 def pause(batch: str) -> None:
     """Create no new remote tasks for BATCH; jobs in flight go on."""
     _steer(lambda client: client.pause(batch), batch)
-    console.print(f"batch {batch} paused; `wanq resume {batch}` goes on")
+    console.print(f"batch {plain(batch)} paused; `wanq resume {plain(batch)}` goes on")
 
 
 @main.command()
@@ -344,13 +345,13 @@ def resume(batch: str, max_cost: float | None) -> None:
     client = _client()
     before = client.status(batch)
     released = client.resume(batch, max_cost)
-    console.print(f"batch {batch} resumed: {released} waiting jobs released")
+    console.print(f"batch {plain(batch)} resumed: {released} waiting jobs released")
     if before.control == "budget" and (max_cost is None or max_cost <= before.max_cost_needed):
         cap = f"${max_cost:.4f}" if max_cost is not None else f"${before.max_cost or 0:.4f}"
         console.print(
             f"[yellow]the budget cap {cap} still holds: ${before.cost:.4f} spent and "
             f"${before.reserved:.4f} reserved in flight, so the released jobs stop again "
-            f"before passing it. Raise it: wanq resume {batch} --max-cost HIGHER[/]"
+            f"before passing it. Raise it: wanq resume {plain(batch)} --max-cost HIGHER[/]"
         )
 
 
@@ -360,7 +361,7 @@ def resume(batch: str, max_cost: float | None) -> None:
 def retry(batch: str, codes: tuple[str, ...]) -> None:
     """Re-run the jobs of BATCH that failed for good; successes stay untouched."""
     reopened = _steer(lambda client: client.retry(batch, codes), batch)
-    console.print(f"batch {batch}: {reopened} failed jobs re-queued")
+    console.print(f"batch {plain(batch)}: {reopened} failed jobs re-queued")
 
 
 @main.command("archive")
@@ -402,7 +403,7 @@ def status(batch: str, as_json: bool) -> None:
     else:
         out.print(summary_table(state))
         for sentence in state.explain():
-            out.print(f"[bold yellow]{escape(sentence)}[/]")
+            out.print(f"[bold yellow]{plain(sentence)}[/]")
 
 
 @main.command()
@@ -419,7 +420,7 @@ def results(batch: str, fmt: str, state: str | None, path: str | None) -> None:
     if path:
         with open(path, "w", encoding="utf-8", newline="") as handle:
             n = write_results(records, handle, fmt)
-        console.print(f"{n} records written to {path}")
+        console.print(f"{n} records written to {plain(path)}")
     else:
         write_results(records, sys.stdout, fmt)
 

@@ -16,6 +16,7 @@ from rich.progress import (
 from rich.table import Table
 
 from producers.api import BatchStatus, Wanq
+from producers.terminal import plain
 
 SHOWN = ("queued", "creating", "running", "waiting", "succeeded", "failed", "cancelled")
 
@@ -65,7 +66,7 @@ def watch(
 
 
 def summary_table(status: BatchStatus, elapsed: float | None = None) -> Table:
-    table = Table(title=f"batch {status.batch_id}", show_header=False)
+    table = Table(title=f"batch {plain(status.batch_id)}", show_header=False)
     table.add_row("state", status.state)
     table.add_row("jobs", str(status.total))
     for state in SHOWN:
@@ -91,7 +92,7 @@ def summary_table(status: BatchStatus, elapsed: float | None = None) -> Table:
     if elapsed:
         table.add_row("elapsed", f"{elapsed:.1f} s ({status.ended / elapsed:.1f} jobs/s)")
     if status.account_block:
-        table.add_row("account", status.account_block.get("reason", "blocked"))
+        table.add_row("account", plain(status.account_block.get("reason", "blocked")))
     return table
 
 

@@ -81,10 +81,25 @@ def _checked_copy(value: Any, depth: int = 1) -> Any:
     if depth > MAX_DEPTH:
         raise ValidationError(errors.FIELD_TYPE, f"nested deeper than {MAX_DEPTH} levels")
     if isinstance(value, dict):
-        return {key: _checked_copy(item, depth + 1) for key, item in value.items()}
+        return {check_encodable(key): _checked_copy(item, depth + 1) for key, item in value.items()}
     if isinstance(value, list):
         return [_checked_copy(item, depth + 1) for item in value]
+    if isinstance(value, str):
+        return check_encodable(value)
     return value if type(value) in _IMMUTABLE else copy.deepcopy(value)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_encodable(text: str, field: str | None = None) -> str:
+    """``text`` if it can be stored as UTF-8; WQ004 for a lone surrogate (JSON's
+    ``"\\ud800"`` decodes to one), which would fail submission halfway, after other jobs
+    were written. ASCII text (data URIs) is passed at once."""
+    found = None if text.isascii() else _SURROGATE.search(text)
+    if found:
+        raise ValidationError(errors.TEXT_ENCODING, f"at character {found.start()}", field)
+    return text
 
 
 def _message_content(request: dict) -> list:

@@ -16,7 +16,7 @@ import requests
 
 from producers.api import BatchOptions
 from tests.conftest import jobs
-from workers import keys, webhooks
+from workers import keys, netguard, webhooks
 
 SECRET = webhooks.generate_secret()
 
@@ -91,7 +91,10 @@ def test_outputs_are_archived_with_matching_hashes(make_cluster, tmp_path):
 
 
 def test_signed_webhooks_retried_with_the_same_id_and_one_batch_event(make_cluster, receiver):
-    cluster = make_cluster(workers=2, worker_env={"WANQ_WEBHOOK_SECRET": SECRET})
+    cluster = make_cluster(
+        workers=2,
+        worker_env={"WANQ_WEBHOOK_SECRET": SECRET, "WANQ_WEBHOOK_ALLOW_HOSTS": "127.0.0.1"},
+    )
     client = cluster.client()
     batch = BatchOptions(webhook_url=receiver.url)
     report = cluster.submit(
@@ -121,7 +124,10 @@ def test_signed_webhooks_retried_with_the_same_id_and_one_batch_event(make_clust
 
 
 def test_webhook_receiver_refuses_a_bad_signature(receiver):
-    delivery = webhooks.deliver(receiver.url, webhooks.generate_secret(), "msg_x", {"a": 1})
+    own = netguard.Policy.from_setting("127.0.0.1")
+    delivery = webhooks.deliver(
+        receiver.url, webhooks.generate_secret(), "msg_x", {"a": 1}, policy=own
+    )
     assert not delivery.ok and delivery.status == 401 and receiver.rejected == 1
 
 

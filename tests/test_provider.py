@@ -125,3 +125,11 @@ def test_a_body_that_is_not_json_is_transient():
     with pytest.raises(Transient) as caught:
         provider.classify(answer(200, b"<html>gateway</html>"))
     assert caught.value.unparseable
+
+
+@pytest.mark.parametrize(
+    "hostile", ["../../admin", "a/b", "x?y=1", "a b", "..", "", "é", "x" * 129]
+)
+def test_a_task_id_unsafe_in_a_url_path_is_not_taken(hostile):
+    assert provider.find_task_id({"id": hostile}) is None
+    assert provider.find_task_id({"id": hostile, "data": {"task_id": "ok-1"}}) == "ok-1"

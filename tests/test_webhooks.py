@@ -4,6 +4,7 @@ the same webhook-id on every retry, and each answer classified for the caller's 
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import socket
 import threading
@@ -15,15 +16,20 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
+from tests.canary import Canary, serve
+from workers import netguard, webhooks
 from workers.webhooks import (
     Delivery,
     WebhookVerificationError,
-    deliver,
     generate_secret,
     message_id,
     sign,
     verify,
 )
+
+# the receivers here listen on loopback: allowed explicitly, as a user allows their own
+OWN_RECEIVERS = netguard.Policy.from_setting("127.0.0.1")
+deliver = functools.partial(webhooks.deliver, policy=OWN_RECEIVERS)
 
 PAYLOAD = {"custom_id": "café-001", "state": "succeeded", "outputs": [{"type": "text"}]}
 HOLD_LIMIT = 10.0  # a held reply waits at most this long if teardown never releases it
@@ -271,3 +277,29 @@ def test_only_http_urls_are_accepted(secret, url):
 def test_unusable_secrets_are_value_errors(bad):
     with pytest.raises(ValueError, match="secret"):
         sign(bad, MSG, datetime.now(UTC), "{}")
+
+
+def test_loopback_receivers_are_refused_unless_allowed(receiver, secret):
+    result = webhooks.deliver(receiver.url, secret, MSG, PAYLOAD)
+
+    assert (result.ok, result.status, result.retry) == (False, None, False)
+    assert "127.0.0.1, a loopback address" in result.detail
+    assert receiver.received == [], "nothing was sent"
+
+
+@pytest.mark.parametrize(
+    "shape",
+    ["http://127.0.0.1:{port}\\@hooks.example.test/h", "http://x@127.0.0.1:{port}/h"],
+)
+def test_ambiguous_receiver_urls_are_refused(receiver, secret, shape):
+    port = receiver.url.split(":")[2].split("/")[0]
+    with pytest.raises(ValueError, match="URL refused"):
+        deliver(shape.format(port=port), secret, MSG, PAYLOAD)
+    assert receiver.received == []
+
+
+def test_an_endless_answer_body_is_never_read(secret):
+    for canary in serve(Canary(dribble=True)):  # 200, then one byte a second, forever
+        result = deliver(f"http://{canary.address}/hook", secret, MSG, PAYLOAD)
+        assert (result.ok, result.status) == (True, 200)
+        assert canary.paths == ["/hook"]

@@ -6,37 +6,37 @@ is saved under an archive directory in the provider's order (``00.png``, ``01.tx
 A failed download never fails the job (it was paid for): the item keeps its URL and gets an
 ``archive_error``, and calling ``archive_outputs`` again fetches only what is missing.
 
-The URLs come from a remote answer, so they are not trusted: only http(s), no private,
-loopback or otherwise non-public addresses (checked again on every redirect hop) unless the
-host is explicitly allowed, a size cap, timeouts, and a session of its own, never the
-provider's (whose headers carry the API key). Error messages name the host, never the full
+The URLs come from a remote answer, so they are not trusted: ``workers.netguard`` reads each
+one strictly, resolves it once, refuses private, loopback or otherwise non-public addresses
+unless explicitly allowed, and connects to the very address it checked (every redirect hop
+checked the same way). A size cap, per-read timeouts and a total deadline per download (a host
+that dribbles a byte a second cannot hold a thread for longer), and a session of its own, never
+the provider's (whose headers carry the API key). Error messages name the host, never the full
 URL: signed URLs carry credentials in their query string.
 """
 
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import os
 import re
-import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import requests
+import urllib3
 
-from workers import http
+from workers import netguard
 from workers.errors import WanqError
 
 CHUNK_BYTES = 64 * 1024
 MAX_REDIRECTS = 3
 BACKOFF_SECONDS = 0.5  # first retry delay, doubled after each further failure
-DEFAULT_PORTS = {"http": 80, "https": 443}
 EXTENSIONS = {
     "image/png": "png",
     "image/jpeg": "jpg",
@@ -48,12 +48,8 @@ EXTENSIONS = {
 }
 DEFAULT_EXTENSION = "png"
 ARCHIVE_FIELDS = ("path", "bytes", "sha256", "archive_error")
-# most specific first: loopback, link-local... addresses are also "private" to ipaddress
-NON_PUBLIC = ("loopback", "link_local", "multicast", "unspecified", "reserved", "private")
 UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 MAX_NAME = 100  # well under any filesystem's 255-byte limit, with room for the hash suffix
-
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 @dataclass(frozen=True)
@@ -62,8 +58,14 @@ class DownloadLimits:
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
     attempts: int = 3  # retried with backoff (0.5 s, 1 s ...) on connection errors, 429, 5xx
+    deadline: float = 120.0  # seconds for the whole download: attempts, redirects, every byte
     allow_private: bool = False  # True: fetch from any address, private networks included
-    allowed_hosts: frozenset[str] = frozenset()  # "host" or "host:port", always allowed
+    allowed_hosts: frozenset[str] = frozenset()  # "host", "host:port" or a network, allowed
+
+    @property
+    def policy(self) -> netguard.Policy:
+        allowed = frozenset(host.lower() for host in self.allowed_hosts)
+        return netguard.Policy(self.allow_private, allowed)
 
 
 class ArchiveError(WanqError):
@@ -75,8 +77,9 @@ class _Retryable(ArchiveError):
 
 
 def new_session() -> requests.Session:
-    """A session for downloads only, with no credentials and no hidden retries of its own."""
-    return http.new_session("wanq-archive")
+    """A session for downloads only: no credentials, no proxy, no hidden retries, and TLS
+    done for the checked name while connecting to the checked address (netguard)."""
+    return netguard.guarded_session("wanq-archive")
 
 
 # --- public API ------------------------------------------------------------------------------
@@ -198,18 +201,20 @@ def _download(
     limits: DownloadLimits,
     session: requests.Session | None,
 ) -> tuple[Path, int, str]:
-    """Fetch with retries; dest_for maps the answer's Content-Type to the file to write."""
+    """Fetch with retries, all within ``limits.deadline``; dest_for maps the answer's
+    Content-Type to the file to write."""
     own_session = session is None
     session = session or new_session()
     attempts = max(1, limits.attempts)
+    clock = _Deadline(limits.deadline)
     try:
         for attempt in range(1, attempts):
             try:
-                return _fetch_once(url, dest_for, limits, session)
+                return _fetch_once(url, dest_for, limits, session, clock)
             except _Retryable:
-                time.sleep(BACKOFF_SECONDS * 2 ** (attempt - 1))
+                time.sleep(min(BACKOFF_SECONDS * 2 ** (attempt - 1), clock.left()))
         try:
-            return _fetch_once(url, dest_for, limits, session)
+            return _fetch_once(url, dest_for, limits, session, clock)
         except _Retryable as exc:
             raise ArchiveError(f"{exc} (gave up after {attempts} attempts)") from None
     finally:
@@ -217,36 +222,64 @@ def _download(
             session.close()
 
 
+class _Deadline:
+    """The total time a download may take, whatever the server does between bytes."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.ends = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return max(0.0, self.ends - time.monotonic())
+
+    def check(self, host: str) -> float:
+        """Seconds left; ArchiveError (not retried: the time is spent) once there are none."""
+        left = self.left()
+        if left <= 0:
+            raise ArchiveError(
+                f"the download from {host} took longer than its deadline of {self.seconds:g} s"
+            )
+        return left
+
+
 def _fetch_once(
-    url: str, dest_for: Callable[[str], Path], limits: DownloadLimits, session: requests.Session
+    url: str,
+    dest_for: Callable[[str], Path],
+    limits: DownloadLimits,
+    session: requests.Session,
+    clock: _Deadline,
 ) -> tuple[Path, int, str]:
-    response, host = _open(url, limits, session)
+    response, host = _open(url, limits, session, clock)
     with response:
         _check_announced_length(response, limits.max_bytes)
         dest = dest_for(response.headers.get("Content-Type", ""))
-        size, digest = _stream(response, dest, limits.max_bytes, host)
+        size, digest = _stream(response, dest, limits, host, clock)
     return dest, size, digest
 
 
 def _open(
-    url: str, limits: DownloadLimits, session: requests.Session
+    url: str, limits: DownloadLimits, session: requests.Session, clock: _Deadline
 ) -> tuple[requests.Response, str]:
-    """GET url, following at most MAX_REDIRECTS redirects, each hop checked before it is sent."""
+    """GET url, following at most MAX_REDIRECTS redirects, each hop checked before it is sent
+    and sent to the address that was checked."""
     for _hop in range(MAX_REDIRECTS + 1):
-        host = _check_url(url, limits)
-        with _network_errors(host):
-            response = session.get(
-                url,
+        target = _check_url(url, limits)
+        left = clock.check(target.host)
+        with _network_errors(target.host):
+            response = netguard.send(
+                session,
+                "GET",
+                target,
                 stream=True,
-                allow_redirects=False,
-                timeout=(limits.connect_timeout, limits.read_timeout),
+                timeout=(min(limits.connect_timeout, left), min(limits.read_timeout, left)),
                 headers={"Authorization": None},  # drop one a caller's session may carry
             )
         if not response.is_redirect:
-            _check_status(response, host)
-            return response, host
-        url = urljoin(url, response.headers["Location"])
+            _check_status(response, target.host)
+            return response, target.host
+        location = response.headers["Location"]
         response.close()
+        url = urljoin(url, location)
     raise ArchiveError(f"more than {MAX_REDIRECTS} redirects")
 
 
@@ -255,11 +288,15 @@ def _network_errors(host: str) -> Iterator[None]:
     """requests' exceptions as ArchiveErrors, worded without the URL they carry."""
     try:
         yield
-    except requests.Timeout:
+    except (requests.Timeout, urllib3.exceptions.TimeoutError):
         raise _Retryable(f"timed out talking to {host}") from None
-    except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError):
+    except (
+        requests.ConnectionError,
+        requests.exceptions.ChunkedEncodingError,
+        urllib3.exceptions.ProtocolError,
+    ):
         raise _Retryable(f"connection to {host} failed") from None
-    except requests.RequestException as exc:
+    except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
         raise ArchiveError(f"download from {host} failed ({type(exc).__name__})") from None
 
 
@@ -285,18 +322,36 @@ def _check_announced_length(response: requests.Response, max_bytes: int) -> None
         )
 
 
-def _stream(response: requests.Response, dest: Path, max_bytes: int, host: str) -> tuple[int, str]:
+def _stream(
+    response: requests.Response, dest: Path, limits: DownloadLimits, host: str, clock: _Deadline
+) -> tuple[int, str]:
+    """Copy the body to dest. ``read1`` returns after one socket read, whatever arrived, so
+    the deadline is looked at between reads (``iter_content`` would block until 64 KB came
+    in, a byte at a time if the server likes); each read may wait only for the time left."""
     digest, size = hashlib.sha256(), 0
+    raw = response.raw
     # network errors are translated inside the file's context: requests' exceptions are
     # OSErrors, which _atomic_file would otherwise report as a failed write
     with _atomic_file(dest) as handle, _network_errors(host):
-        for chunk in response.iter_content(CHUNK_BYTES):
+        while True:
+            _shrink_read_timeout(raw, min(limits.read_timeout, clock.check(host)))
+            chunk = raw.read1(CHUNK_BYTES, decode_content=True)
+            if not chunk:
+                break
             size += len(chunk)
-            if size > max_bytes:
-                raise ArchiveError(f"the file is larger than the limit of {max_bytes} bytes")
+            if size > limits.max_bytes:
+                raise ArchiveError(f"the file is larger than the limit of {limits.max_bytes} bytes")
             digest.update(chunk)
             handle.write(chunk)
+        clock.check(host)
     return size, digest.hexdigest()
+
+
+def _shrink_read_timeout(raw: urllib3.BaseHTTPResponse, seconds: float) -> None:
+    """Let the next socket read wait at most ``seconds`` (best effort: urllib3 internals)."""
+    sock = getattr(getattr(raw, "connection", None), "sock", None)
+    if sock is not None:
+        sock.settimeout(max(seconds, 0.001))
 
 
 @contextmanager
@@ -321,52 +376,14 @@ def _atomic_file(dest: Path) -> Iterator[Any]:
 # --- which addresses may be fetched ----------------------------------------------------------
 
 
-def _check_url(url: str, limits: DownloadLimits) -> str:
-    """The URL's host, if its scheme and address may be fetched; ArchiveError otherwise."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in DEFAULT_PORTS:
-        raise ArchiveError(f"only http and https URLs are archived, not {scheme or 'no scheme'!r}")
-    host = parts.hostname
-    if not host:
-        raise ArchiveError("the URL has no host")
+def _check_url(url: str, limits: DownloadLimits) -> netguard.Target:
+    """The checked target (address included) if the URL may be fetched; ArchiveError if not."""
     try:
-        port = parts.port or DEFAULT_PORTS[scheme]
-    except ValueError:
-        raise ArchiveError(f"the URL for {host} has an invalid port") from None
-    if limits.allow_private or _is_allowed(host, port, limits.allowed_hosts):
-        return host
-    for address in _resolve(host, port):
-        kind = _non_public_kind(address)
-        if kind:
-            raise ArchiveError(
-                f"refused {host}: it resolves to {address}, a {kind} address "
-                "(allow_private or allowed_hosts would permit it)"
-            )
-    return host
-
-
-def _is_allowed(host: str, port: int, allowed_hosts: frozenset[str]) -> bool:
-    with_port = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return bool({host, with_port} & {entry.lower() for entry in allowed_hosts})
-
-
-def _resolve(host: str, port: int) -> list[Address]:
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError):
-        raise _Retryable(f"cannot resolve {host}") from None
-    return [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
-
-
-def _non_public_kind(address: Address) -> str | None:
-    """Why address is not a public one ("loopback", "private"...), or None if it is."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped  # ::ffff:127.0.0.1 reaches 127.0.0.1
-    for kind in NON_PUBLIC:
-        if getattr(address, f"is_{kind}"):
-            return kind.replace("_", "-")
-    return None if address.is_global else "non-global"
+        return netguard.check(url, limits.policy)
+    except netguard.Unresolved as exc:
+        raise _Retryable(str(exc)) from None
+    except netguard.Refused as exc:
+        raise ArchiveError(str(exc)) from None
 
 
 def _safe_name(raw: str) -> str:

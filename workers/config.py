@@ -99,7 +99,10 @@ class Settings:
     archive_max_bytes: int = 50 * 1024 * 1024
     archive_allow_hosts: str = ""  # comma-separated host[:port] allowed even if private
     archive_allow_private: bool = False
+    archive_deadline: float = 120.0  # seconds for one output's whole download
+    delivery_threads: int = 4  # per worker: archives and webhooks run here, never in the pool
     webhook_secret: str = ""  # whsec_... (Standard Webhooks)
+    webhook_allow_hosts: str = ""  # host[:port] or networks (10.0.0.0/8) of your own receivers
     webhook_attempts: int = 8
     # logs
     log_format: str = "text"  # "json": one JSON object per line, for log shippers

@@ -3,8 +3,9 @@ and a batch, once its last job ends, its final callback with the counts.
 
 Owed deliveries sit in ``wanq:deliver`` (put there by the same script that ended the job) until
 every step is done, so a crash only delays them: the sweeper sends them again. Each step marks
-itself done in the record, so a repeat skips it; a webhook repeated after a crash carries the
-same ``webhook-id``, which lets receivers drop it.
+itself done in the record, so a repeat skips it; a webhook repeated after a crash, or after
+Redis replayed a cut AOF, carries the same ``webhook-id`` (derived from the job and its round,
+never from a time), which lets receivers drop it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workers import archive, keys, webhooks
+from workers import archive, keys, netguard, webhooks
 from workers.batches import batch_status
 from workers.config import Settings
 from workers.finalize import public_record
@@ -89,12 +90,19 @@ def _deliver_batch(store: JobStore, settings: Settings, batch_id: str, send: Sen
 def _webhook(
     store: JobStore, settings: Settings, key: str, url: str, msg_id: str, event: dict[str, Any]
 ) -> Outcome:
-    """One signed attempt; its state is kept in the record under ``webhook``."""
+    """One signed attempt; its state is kept in the record under ``webhook`` (a state for
+    another id belongs to an earlier round and starts afresh)."""
     state = json.loads(store.get_field(key, "webhook") or "{}")
+    if state.get("id") != msg_id:
+        state = {}
     if state.get("state") in ("delivered", "failed"):
         return Outcome()
     attempts = int(state.get("attempts", 0)) + 1
-    result = webhooks.deliver(url, settings.webhook_secret, msg_id, event)
+    receivers = netguard.Policy.from_setting(settings.webhook_allow_hosts)
+    try:
+        result = webhooks.deliver(url, settings.webhook_secret, msg_id, event, policy=receivers)
+    except ValueError as exc:  # a URL stored before it was checked at submission
+        result = webhooks.Delivery(False, None, False, None, str(exc))
     policy = RetryPolicy(settings.webhook_attempts, settings.backoff_base, settings.backoff_cap)
     again = result.retry and not policy.exhausted(attempts)
     state = {
@@ -146,6 +154,7 @@ def download_limits(settings: Settings) -> archive.DownloadLimits:
         max_bytes=settings.archive_max_bytes,
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout,
+        deadline=settings.archive_deadline,
         allow_private=settings.archive_allow_private,
         allowed_hosts=hosts,
     )

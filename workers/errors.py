@@ -56,6 +56,7 @@ TASK_CREATION = "001021099"
 MODEL = "WQ001"
 BODY_TYPE = "WQ002"
 FIELD_TYPE = "WQ003"
+TEXT_ENCODING = "WQ004"
 IMAGE_REFERENCE = "WQ010"
 IMAGE_FORMAT = "WQ011"
 IMAGE_TRANSPARENCY = "WQ012"
@@ -105,6 +106,7 @@ MESSAGES: dict[str, str] = {
     MODEL: "model must be 'wan26_i2i'",
     BODY_TYPE: "request body must be a JSON object",
     FIELD_TYPE: "field has the wrong JSON type",
+    TEXT_ENCODING: "text must be valid Unicode (a lone surrogate cannot be stored as UTF-8)",
     IMAGE_REFERENCE: "image must be an http(s) URL, a data URI or an existing local file",
     IMAGE_FORMAT: "image format must be JPEG, PNG, BMP or WEBP",
     IMAGE_TRANSPARENCY: "images must not have transparency",

@@ -63,6 +63,11 @@ def batch_parked(batch_id: str) -> str:
     return f"{PREFIX}batch:{batch_id}:parked"
 
 
+def delivering(target: str) -> str:
+    """String: the lock of a delivery running now (workers.delivery_threads)."""
+    return f"{PREFIX}delivering:{target}"
+
+
 def batch_of(job_id: str) -> str:
     return job_id.split(":", 1)[0]
 

@@ -6,23 +6,39 @@
     └── Rejected           any other 4xx: permanent for this job
 
 The API key goes into the session's headers and nowhere else: never into messages or logs.
+
+Answers are not trusted: every number is parsed and bounded (finite, non-negative, capped)
+before it reaches a Lua script, and every string is bounded before it reaches a record, a
+file, a terminal or a spreadsheet. A value out of bounds is dropped and named (``invalid``
+in the usage), never allowed to fail a step halfway: ``"1e300"`` would overflow HINCRBY,
+``"Infinity"`` would make ``round`` raise on every poll.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import threading
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import requests
 
+from workers import netguard
 from workers.config import Settings
 from workers.errors import WanqError
 from workers.http import new_session, retry_after
 
 TASK_ID_FIELDS = ("id", "task_id", "taskId", "jobId")
 DONE = frozenset({"completed", "failed"})
+# bounds on what a provider answer may put into a record (see the module docstring)
+MAX_COST_USD = Decimal(1000)  # one task; the dearest real one is a few images at cents each
+MAX_IMAGE_COUNT = 100  # the model makes at most 5
+MAX_OUTPUT_ITEMS = 64  # interleaved output: at most 5 images and their texts
+MAX_TEXT_CHARS = 100_000
+MAX_REMOTE_TEXT = 500  # the provider's error code and message
+_DECIMAL = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,12})?")  # plain decimals only: no 1e300, no NaN
 
 
 @dataclass
@@ -149,14 +165,22 @@ def classify(response: requests.Response) -> Any:
     return body
 
 
+TASK_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # what may go into the status URL's path
+
+
 def find_task_id(body: dict[str, Any], extra_field: str = "") -> str | None:
+    """The remote task ID, if the answer holds one that is safe to put in a URL path: an ID
+    like ``../../x`` or ``a?b`` would send our key to another path of the provider's host."""
     names = (extra_field, *TASK_ID_FIELDS) if extra_field else TASK_ID_FIELDS
     for scope in (body, body.get("data")):
         if isinstance(scope, dict):
             for name in names:
                 value = scope.get(name)
-                if isinstance(value, (str, int)) and str(value):
-                    return str(value)
+                if isinstance(value, bool) or not isinstance(value, (str, int)):
+                    continue
+                text = str(value)
+                if TASK_ID.fullmatch(text) and text.strip(".") != "":
+                    return text
     return None
 
 
@@ -170,9 +194,13 @@ def parse_status(body: dict[str, Any]) -> Status:
     if state == "completed":
         return Status(state, outputs=_outputs(data), usage=_usage(data))
     if state == "failed":
-        error = data.get("error")
-        return Status(state, error=error if isinstance(error, dict) else {})
-    return Status(state)
+        raw = data.get("error")
+        error: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        kept: dict[str, Any] = {
+            k: clean_text(str(error[k]), MAX_REMOTE_TEXT) for k in ("code", "message") if k in error
+        }
+        return Status(state, error=kept)
+    return Status(state[:64])
 
 
 def _outputs(data: dict[str, Any]) -> list[dict[str, str]]:
@@ -188,38 +216,94 @@ def _outputs(data: dict[str, Any]) -> list[dict[str, str]]:
             raise Transient("output without content", 200, data, unparseable=True)
         for item in content:
             items.append(_content_item(item, data))
+    if len(items) > MAX_OUTPUT_ITEMS:
+        raise Transient(f"more than {MAX_OUTPUT_ITEMS} output items", 200, None, unparseable=True)
     return items
 
 
 def _content_item(item: Any, data: dict[str, Any]) -> dict[str, str]:
+    """An image keeps its URL only if the URL reads cleanly as one (netguard.parse: no
+    backslashes, userinfo, control characters...); otherwise it says why, and the paid job
+    still succeeds. Texts are bounded and made valid Unicode."""
     if isinstance(item, dict):
         if item.get("type") == "image" and isinstance(item.get("url"), str):
+            try:
+                netguard.parse(item["url"])
+            except netguard.Refused as exc:
+                return {"type": "image", "url": "", "url_error": f"URL refused: {exc}"}
             return {"type": "image", "url": item["url"]}
         if item.get("type") == "text" and isinstance(item.get("text"), str):
-            return {"type": "text", "text": item["text"]}
+            return {"type": "text", "text": clean_text(item["text"], MAX_TEXT_CHARS)}
     raise Transient("unreadable content item", 200, data, unparseable=True)
 
 
+def clean_text(text: str, limit: int) -> str:
+    """At most ``limit`` characters of valid Unicode (a lone surrogate becomes U+FFFD: it
+    could not be written to a UTF-8 file later)."""
+    text = text[:limit]
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
 def _usage(data: dict[str, Any]) -> dict[str, Any]:
+    """cost, discount and image_count, each kept as the provider wrote it only when it is a
+    plain, bounded number; the names of those that were not are listed under ``invalid``."""
     usage = data.get("usage")
     if not isinstance(usage, dict):
         return {}
-    return {k: usage[k] for k in ("cost", "discount", "image_count") if k in usage}
-
-
-MAX_COST_MICROS = 10**12  # $1M for one job: anything larger is not a price but an attack
+    kept: dict[str, Any] = {}
+    invalid: list[str] = []
+    for name in ("cost", "discount"):
+        if name in usage:
+            if _money(usage[name]) is None:
+                invalid.append(name)
+            else:
+                kept[name] = usage[name]
+    if "image_count" in usage:
+        count = _count(usage["image_count"])
+        if count is None:
+            invalid.append("image_count")
+        else:
+            kept["image_count"] = count
+    if invalid:
+        kept["invalid"] = invalid
+    return kept
 
 
 def cost_micros(usage: dict[str, Any]) -> int:
-    """usage.cost is a decimal string in USD; kept as integer micro-dollars to add up exactly.
-    Whatever the provider sends (NaN, Infinity, 1e300, negatives), the answer is bounded."""
-    try:
-        cost = float(usage.get("cost", 0))
-    except (TypeError, ValueError, OverflowError):
-        return 0
-    if not math.isfinite(cost) or cost <= 0:
-        return 0
-    return min(MAX_COST_MICROS, round(cost * 1_000_000))
+    """usage.cost in USD as integer micro-dollars, to add up exactly; 0 when it is missing or
+    not a plain number within bounds (never an exception: it is called in the finishing step)."""
+    cost = _money(usage.get("cost", 0))
+    return 0 if cost is None else int((cost * 1_000_000).to_integral_value())
+
+
+def _money(value: Any) -> Decimal | None:
+    """A USD amount between 0 and MAX_COST_USD, from a decimal string or a JSON number."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    text = value.strip() if isinstance(value, str) else repr(value)
+    if isinstance(value, (int, float)):
+        try:
+            amount = Decimal(text)
+        except InvalidOperation:
+            return None
+    elif _DECIMAL.fullmatch(text):
+        amount = Decimal(text)
+    else:
+        return None
+    return amount if 0 <= amount <= MAX_COST_USD else None
+
+
+def _count(value: Any) -> int | None:
+    """An image count: a whole number 0..MAX_IMAGE_COUNT (a short digit string too)."""
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,3}", value.strip()):
+        value = int(value.strip())
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value if 0 <= value <= MAX_IMAGE_COUNT else None
 
 
 def _unwrap(body: dict[str, Any]) -> dict[str, Any]:

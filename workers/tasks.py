@@ -17,7 +17,7 @@ from typing import Any
 
 from celery import Celery, Task, signals
 
-from workers import account, deliveries, errors, logs, pacing, schedule
+from workers import account, delivery_threads, errors, logs, pacing, schedule
 from workers.errors import JobFailure
 from workers.finalize import cancel, fail, latency_estimate, succeed_or_fail
 from workers.jobs import Job
@@ -54,13 +54,12 @@ def register(app: Celery, rt: Runtime) -> None:
     def poll(job_id: str, seq: int, paced: bool = False) -> str:
         return poll_step(rt, job_id, seq, paced=paced)
 
-    @app.task(name=TaskName.DELIVER, bind=True, max_retries=None)
-    def deliver(self: Task, target: str) -> str:
-        """The callbacks a job or batch owes once it has ended (see workers.deliveries)."""
-        outcome = deliveries.deliver(rt.store, rt.settings, target, rt.send)
-        if outcome.retry_in is not None:
-            raise self.retry(countdown=outcome.retry_in)
-        return "delivered"
+    @app.task(name=TaskName.DELIVER)
+    def deliver(target: str) -> str:
+        """The callbacks a job or batch owes once it has ended (see workers.deliveries), run
+        on the delivery threads (workers.delivery_threads), never on those that create and
+        poll: a slow output host or receiver cannot starve them."""
+        return delivery_threads.hand_over(rt.store, rt.settings, target, rt.send)
 
 
 # --- create ---------------------------------------------------------------------------------
@@ -231,7 +230,7 @@ def poll_step(rt: Runtime, job_id: str, seq: int, *, paced: bool = False) -> str
     try:
         status = rt.provider.status(job.remote_task_id)
     except AccountProblem as exc:
-        account.block(jobs.redis, exc.http_status or 0, exc.plain())
+        account.block(jobs.redis, exc.http_status or 0, exc.plain(), source="status")
         return _poll_again(rt, job, settings.max_countdown, {})
     except Rejected as exc:
         failure = JobFailure(errors.STATUS_CHECK, str(exc), remote=exc.remote())
@@ -248,8 +247,8 @@ def poll_step(rt: Runtime, job_id: str, seq: int, *, paced: bool = False) -> str
         delay = rt.retry.delay(misses, exc.retry_after)
         return _poll_again(rt, job, delay, {"poll_errors": misses, "last_error": str(exc)})
 
-    if account.unblock(jobs.redis):  # an outage seen only by polls ends with this answer
-        log.info("the account works again: creation resumes")
+    if account.status_worked(jobs.redis):  # an outage seen only by polls ends with this answer
+        log.info("a status call went through: the account works again, creation resumes")
     if status.done:  # this poll is counted in the same atomic step that ends the job
         seen = {"polls": job.polls + 1, **_first_poll(job, now)}
         ended = succeed_or_fail(jobs, job_id, seq, job.raw, status, seen, rt.send)

@@ -2,10 +2,15 @@
 
 Every ended job (and, once, every ended batch) is POSTed as JSON to the batch's webhook URL
 with ``webhook-id``, ``webhook-timestamp`` and ``webhook-signature`` headers (HMAC-SHA256 over
-``id.timestamp.body`` with the ``whsec_`` secret). The id is derived from the event, so every
-retry carries the same one and receivers can drop duplicates; the timestamp is signed afresh
-on each attempt. Retries and their countdowns belong to the calling Celery task: ``deliver``
-never sleeps or loops, it makes one POST and says whether another is worth it.
+``id.timestamp.body`` with the ``whsec_`` secret). The id is derived from the event, never
+from a time: a job's from the ``event_id`` its ending wrote (its ID and round: ``wanq retry``
+starts a new one), a batch's from how many times it ended, so every retry, and a replay after
+Redis lost the end of its AOF, carries the same one and receivers can drop duplicates; the
+timestamp is signed afresh on each attempt. Receivers are reached through
+``workers.netguard``: a URL resolving to a private or loopback address is refused unless the
+allow-list (``WANQ_WEBHOOK_ALLOW_HOSTS``) names it, and the POST goes to the address that was
+checked. Retries and their countdowns belong to the caller: ``deliver`` never sleeps or loops,
+it makes one POST and says whether another is worth it.
 
 A receiver verifies with the ``standardwebhooks`` package, on the raw body bytes::
 
@@ -30,13 +35,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import requests
 from standardwebhooks import Webhook, WebhookVerificationError
 from standardwebhooks.webhooks import EmptyWebhookSecretError
 
 from workers import http as wanq_http
+from workers import netguard
+
+STRICT = netguard.Policy()  # public addresses only
 
 
 @dataclass(frozen=True)
@@ -82,18 +89,27 @@ def deliver(
     msg_id: str,
     payload: dict[str, Any],
     *,
+    policy: netguard.Policy = STRICT,
     timeout: tuple[float, float] = (5.0, 10.0),
     session: requests.Session | None = None,
 ) -> Delivery:
-    """One signed POST. Redirects are not followed: a POST redirected may lose its body or
-    carry the signature to another host, so a 3xx is a (permanent) misconfiguration."""
-    _check_url(url)
+    """One signed POST to the address ``policy`` allows. Redirects are not followed: a POST
+    redirected may lose its body or carry the signature to another host, so a 3xx is a
+    (permanent) misconfiguration. A malformed URL raises ValueError; an address the policy
+    refuses is a permanent failure, a name that does not resolve a retryable one."""
+    netguard.parse(url)  # ValueError (netguard.Refused) for a URL that is not plainly http(s)
+    try:
+        target = netguard.check(url, policy)
+    except netguard.Unresolved as exc:
+        return Delivery(False, None, True, None, str(exc))
+    except netguard.Refused as exc:
+        return Delivery(False, None, False, None, str(exc))
     body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
     headers = sign(secret, msg_id, datetime.now(UTC), body)
-    http = session or wanq_http.new_session("wanq-webhooks")
+    http = session or netguard.guarded_session("wanq-webhooks")
     try:
-        with http.post(
-            url, data=body.encode(), headers=headers, timeout=timeout, allow_redirects=False
+        with netguard.send(  # stream: the receiver's body is never read (it could be endless)
+            http, "POST", target, data=body.encode(), headers=headers, timeout=timeout, stream=True
         ) as response:
             code = response.status_code
             retry_after = wanq_http.retry_after(response.headers.get("Retry-After"))
@@ -132,12 +148,6 @@ def _webhook(secret: str) -> Webhook:
         return Webhook(secret)
     except (ValueError, EmptyWebhookSecretError):
         raise ValueError("webhook secret must be 'whsec_' followed by base64") from None
-
-
-def _check_url(url: str) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("webhook URL must be http:// or https:// with a host")
 
 
 __all__ = [
