@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import copy
 import dataclasses
+import hashlib
 import hmac
 import json
 import logging
@@ -194,8 +195,9 @@ def _error(status: int, code: str, message: str, **headers: str) -> web.Response
 
 def _abbreviate(value: Any) -> Any:
     """Keep the shape of a stored request but not megabytes of base64."""
-    if isinstance(value, str) and len(value) > STORED_STRING_LIMIT:
-        return f"{value[:64]}...<{len(value)} chars>"
+    if isinstance(value, str) and len(value) > STORED_STRING_LIMIT:  # the hash: bytes received
+        digest = hashlib.sha256(value.encode()).hexdigest()
+        return f"{value[:64]}...<{len(value)} chars sha256:{digest}>"
     if isinstance(value, dict):
         return {key: _abbreviate(item) for key, item in value.items()}
     if isinstance(value, list):

@@ -104,6 +104,7 @@ class Wanq:
                 options=options,
                 on_line=on_line,
                 meta=batch.meta(),
+                max_inline_bytes=self.settings.max_inline_bytes,
             )
 
     # --- watching --------------------------------------------------------------------------

@@ -1,9 +1,9 @@
 """Submission: validated batch lines become job records and create messages.
 
 The file is read once. Records go first (one Lua script per slice of a chunk, pipelined),
-messages second: a job that exists without its message is found by the sweeper, while a
-message without its record would be lost. Jobs are keyed by (batch, custom_id), so
-submitting a file again adds nothing.
+messages second, once every record is written: a job that exists without its message is
+found by the sweeper, while a message without its record would be lost. Jobs are keyed by
+(batch, custom_id), so submitting a file again adds nothing.
 """
 
 from __future__ import annotations
@@ -20,15 +20,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+import redis
+
+from producers import room
 from producers.batchfile import BatchLine, read_batch
+from producers.inline import InlineImages
 from producers.validation import ValidationOptions
+from workers.config import Settings
+from workers.images import ImageStore
+from workers.retention import Purger
 from workers.store import JobStore
 
 BATCH_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 CHUNK = 500
 
 Source = str | Path | IO[bytes]
-Job = tuple[str, str, int]  # custom_id, request JSON, line number
+Job = tuple[str, str, int, str]  # custom_id, request JSON, line number, image keys
 
 
 @dataclass
@@ -70,38 +77,39 @@ def submit_file(
     options: ValidationOptions | None = None,
     on_line: Callable[[BatchLine], None] | None = None,
     meta: dict[str, object] | None = None,
+    max_inline_bytes: int = Settings.max_inline_bytes,
 ) -> SubmitReport:
     """Validate and enqueue a batch file, reading it once.
 
-    With ``allow_invalid`` false, nothing is enqueued before every line is known valid: the
-    valid jobs wait in an anonymous temporary spool (their normalized requests serialized
-    once) until the end of the file, and are enqueued from there; with invalid lines the
-    spool is dropped and the report lists them. With ``allow_invalid``, jobs are enqueued
-    as they are read.
+    Nothing is written before the whole file is read: the valid jobs wait in an anonymous
+    temporary spool (their requests serialized once, inline images replaced by references,
+    each distinct image spooled once, see ``producers.inline``). Then the batch must fit in
+    Redis (``producers.room``: refused whole otherwise), its images are stored and pinned,
+    its records written, and only then are create messages sent: workers see the batch
+    whole or not at all. With invalid lines and no ``allow_invalid``, nothing is written
+    and the report lists them; with ``allow_invalid`` the valid lines go on.
     """
     options = options or ValidationOptions()
     report = SubmitReport(check_batch_id(batch_id or new_batch_id()))
-    jobs = _jobs(read_batch(source, options), report, on_line)
-    if allow_invalid:
-        store.open_batch(report.batch_id, meta or {})
-        _enqueue(store, send_create, jobs, report)
-        return report
-    with _Spool() as spool:
-        for chunk in _chunks(jobs):
-            if not report.invalid:  # past the first invalid line, only the reading goes on
+    with _Spool() as spool, InlineImages() as inline:
+        for chunk in _chunks(_jobs(read_batch(source, options), report, on_line, inline)):
+            if allow_invalid or not report.invalid:  # else only the reading goes on
                 spool.write(chunk)
-        if report.invalid:
+        if report.invalid and not allow_invalid:
             report.submitted = False
             return report
-        store.open_batch(report.batch_id, meta or {})
-        _enqueue(store, send_create, spool.read(), report)
+        _write(store, send_create, spool, inline, report, meta or {}, max_inline_bytes)
     return report
 
 
 def _jobs(
-    lines: Iterable[BatchLine], report: SubmitReport, on_line: Callable[[BatchLine], None] | None
+    lines: Iterable[BatchLine],
+    report: SubmitReport,
+    on_line: Callable[[BatchLine], None] | None,
+    inline: InlineImages,
 ) -> Iterator[Job]:
-    """The valid lines as jobs (request serialized); the invalid ones go to the report."""
+    """The valid lines as jobs (request serialized, inline images as references); the invalid
+    ones go to the report."""
     for line in lines:
         if on_line:
             on_line(line)
@@ -109,7 +117,8 @@ def _jobs(
             report.invalid.append(line)
             continue
         report.valid += 1
-        yield (str(line.custom_id), json.dumps(line.body), line.line)
+        held = inline.externalize(line.body or {})
+        yield (str(line.custom_id), json.dumps(line.body), line.line, ",".join(held))
 
 
 def _chunks(jobs: Iterable[Job]) -> Iterator[list[Job]]:
@@ -118,32 +127,64 @@ def _chunks(jobs: Iterable[Job]) -> Iterator[list[Job]]:
         yield chunk
 
 
-def _enqueue(
+def _write(
     store: JobStore,
     send_create: Callable[[Iterable[tuple[str, int]]], None],
-    jobs: Iterable[Job],
+    spool: _Spool,
+    inline: InlineImages,
     report: SubmitReport,
+    meta: dict[str, object],
+    max_inline_bytes: int,
 ) -> None:
-    """Records first, a chunk at a time, then the create messages of the jobs that are new."""
-    for chunk in _chunks(jobs):
-        fresh = store.enqueue_many(report.batch_id, chunk)
-        report.enqueued += len(fresh)
-        report.existing += len(chunk) - len(fresh)
-        if fresh:
-            send_create((job_id, 0) for job_id in fresh)
+    """Room check, images, records; then the create messages of the jobs that are new.
+
+    An OOM refusal on the way undoes what this submission wrote to a new batch (the purge
+    runs even when Redis is full) and raises ``NoRoom``."""
+    pins = ImageStore(store.redis)
+    sizes = inline.sizes()
+    stored = pins.stored(sizes)
+    new = [n for sha, n in sizes.items() if sha not in stored]
+    need = room.Need(sum(new), len(new), spool.jobs, spool.bytes)
+    room.check(store.redis, need, max_inline_bytes)
+    existed = bool(store.batch(report.batch_id))
+    with _Spool() as fresh:
+        try:
+            store.open_batch(report.batch_id, meta)
+            for sha in sizes:
+                if not pins.pin(report.batch_id, sha):
+                    pins.pin(report.batch_id, sha, inline.read(sha))
+            for chunk in _chunks(spool.read()):
+                ids = store.enqueue_many(report.batch_id, chunk)
+                fresh.write(ids)
+                report.enqueued += len(ids)
+                report.existing += len(chunk) - len(ids)
+        except redis.RedisError as exc:
+            if not room.is_oom(exc):
+                raise
+            if not existed:
+                Purger(store.redis).purge(report.batch_id)
+            pins.unpin(report.batch_id)
+            raise room.oom(exc, need) from exc
+        pins.unpin(report.batch_id)  # the jobs hold their own references now
+        for ids in _chunks(fresh.read()):
+            send_create((job_id, 0) for job_id in ids)
 
 
 class _Spool:
-    """Chunks of jobs in an anonymous temporary file (gone when closed), read back in order."""
+    """Chunks of jobs (or IDs) in an anonymous temporary file (gone when closed), read back in
+    order; ``jobs`` and ``bytes`` count what was written (requests' JSON for jobs)."""
 
     def __enter__(self) -> _Spool:
         self.file = tempfile.TemporaryFile(prefix="wanq-spool-")
+        self.jobs = self.bytes = 0
         return self
 
-    def write(self, chunk: list[Job]) -> None:
+    def write(self, chunk: list) -> None:
+        self.jobs += len(chunk)
+        self.bytes += sum(len(job[1]) for job in chunk if isinstance(job, tuple))
         pickle.dump(chunk, self.file, protocol=pickle.HIGHEST_PROTOCOL)
 
-    def read(self) -> Iterator[Job]:
+    def read(self) -> Iterator:
         self.file.seek(0)
         while True:
             try:

@@ -70,6 +70,9 @@ class Settings:
     archive_allow_private: bool = False
     webhook_secret: str = ""  # whsec_... (Standard Webhooks)
     webhook_attempts: int = 8
+    # data at scale (issue 12)
+    retention: float = 30 * 86400.0  # seconds a batch is kept after it ended (then purged)
+    max_inline_bytes: int = 1 << 30  # what one batch may add to a Redis with no maxmemory
     # logs
     log_format: str = "text"  # "json": one JSON object per line, for log shippers
 

@@ -60,6 +60,7 @@ CUSTOM_ID_DUPLICATE = "WQ103"
 LINE_TOO_LONG = "WQ104"
 LINE_CSV = "WQ105"
 BATCH_TOO_LARGE = "WQ106"
+NO_ROOM = "WQ107"
 CANCELLED = "WQ200"
 
 MESSAGES: dict[str, str] = {
@@ -103,6 +104,7 @@ MESSAGES: dict[str, str] = {
     LINE_TOO_LONG: "line is longer than the batch line limit",
     LINE_CSV: "CSV record cannot be read",
     BATCH_TOO_LARGE: "batch file has too many lines",
+    NO_ROOM: "the batch does not fit in Redis memory; nothing was enqueued",
     CANCELLED: "job was cancelled",
 }
 

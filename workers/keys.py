@@ -18,6 +18,7 @@ SWEEPER_LEASE = PREFIX + "sweeper:lease"  # string: the worker that sweeps now
 CREATE_PACE = PREFIX + "pace:create"  # string: GCRA theoretical arrival time of creations
 POLL_PACE = PREFIX + "pace:poll"  # string: the same for status polls
 PACE_RATE = PREFIX + "pace:rate"  # string: creations/s after 429s tightened the pace
+ENDED = PREFIX + "ended"  # zset batch_id -> finished at: retention purges from its oldest end
 
 CREATE_QUEUE = "wanq.create"
 POLL_QUEUE = "wanq.poll"
@@ -50,6 +51,16 @@ def batch_codes(batch_id: str) -> str:
 def batch_parked(batch_id: str) -> str:
     """Zset of the batch's jobs parked by a pause or its budget, released by ``wanq resume``."""
     return f"{PREFIX}batch:{batch_id}:parked"
+
+
+def batch_images(batch_id: str) -> str:
+    """Set of image hashes the batch's submission pinned (one reference each) while writing."""
+    return f"{PREFIX}batch:{batch_id}:images"
+
+
+def image(sha256: str) -> str:
+    """Hash ``data`` (the image's raw bytes) and ``refs`` (jobs and pins holding it)."""
+    return f"{PREFIX}image:{sha256}"
 
 
 def batch_of(job_id: str) -> str:

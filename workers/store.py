@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from workers import keys
+from workers import images, keys
 from workers.connection import connect
 
 STREAM_MAXLEN = 1_000_000
@@ -90,9 +90,10 @@ class JobStore:
         """Enqueue one job; 1 when new, 0 when (batch, custom_id) exists."""
         return len(self.enqueue_many(batch_id, [(custom_id, json.dumps(request), line)]))
 
-    def enqueue_many(self, batch_id: str, jobs: Sequence[tuple[str, str, int]]) -> list[str]:
-        """Enqueue jobs given as (custom_id, request JSON, line); the IDs of those that are
-        new, in order (a job whose (batch, custom_id) exists is left as it is). One script
+    def enqueue_many(self, batch_id: str, jobs: Sequence[tuple]) -> list[str]:
+        """Enqueue jobs given as (custom_id, request JSON, line[, image keys comma-joined]);
+        the IDs of those that are new, in order (a job whose (batch, custom_id) exists is left
+        as it is; a new one takes a reference on each image, see ``workers.images``). One script
         per ENQUEUE_SLICE jobs (fewer when their requests pass ENQUEUE_SLICE_BYTES), all in
         one pipeline."""
         now = time.time()
@@ -101,17 +102,19 @@ class JobStore:
         pipe = self.redis.pipeline(transaction=False)
         job_ids = []
         job_keys, args, size = list(shared), [batch_id, now], 0
-        for custom_id, request, line in jobs:
+        images: list[str] = []  # issue 12: each job's image keys, after the jobs' ARGV
+        for custom_id, request, line, *held in jobs:
             job_id = keys.job_id(batch_id, custom_id)
             job_ids.append(job_id)
             job_keys += (keys.job(job_id), keys.payload(job_id))
             args += (job_id, custom_id, request, line)
+            images.append(held[0] if held else "")
             size += len(request)
             if len(args) >= 2 + 4 * ENQUEUE_SLICE or size >= ENQUEUE_SLICE_BYTES:
-                script(keys=job_keys, args=args, client=pipe)
-                job_keys, args, size = list(shared), [batch_id, now], 0
+                script(keys=job_keys, args=args + images, client=pipe)
+                job_keys, args, size, images = list(shared), [batch_id, now], 0, []
         if len(args) > 2:
-            script(keys=job_keys, args=args, client=pipe)
+            script(keys=job_keys, args=args + images, client=pipe)
         created = (flag for flags in pipe.execute() for flag in flags)
         return [job_id for job_id, new in zip(job_ids, created, strict=True) if new]
 
@@ -131,7 +134,7 @@ class JobStore:
 
     def request(self, job_id: str) -> dict[str, Any] | None:
         raw = self.redis.get(keys.payload(job_id))
-        return json.loads(raw) if raw else None
+        return images.resolve(self.redis, json.loads(raw)) if raw else None
 
     def batch(self, batch_id: str) -> dict[str, str]:
         return self.redis.hgetall(keys.batch(batch_id))
@@ -229,6 +232,8 @@ class JobStore:
                 keys.batch_parked(batch_id),
                 keys.INFLIGHT,
                 keys.SLOTS,
+                keys.payload(job_id),  # issue 12: released with the job's end
+                keys.ENDED,
             ],
             args=[
                 job_id,

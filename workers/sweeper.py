@@ -11,6 +11,8 @@ What it rescues:
 - queued jobs whose create message is gone (the queue is empty but they are still queued);
 - jobs parked by an account problem: one probe per interval, all released once it works;
 - callbacks owed by ended jobs and batches (archive, webhook, Celery callback).
+
+It also purges batches past their retention, a slice per pass (``workers.retention``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from workers import account, keys
+from workers import account, keys, retention
 from workers.config import Settings
 from workers.store import TERMINAL, JobStore, State
 
@@ -67,6 +69,7 @@ def sweep(store: JobStore, settings: Settings) -> dict[str, int]:
         for job_id, seq in store.release(keys.HELD, CHUNK):
             create.apply_async((job_id, seq))
             done["released"] += 1
+    retention.sweep(store, settings.retention)  # issue 12: expired batches, a slice a pass
     if any(done.values()):
         log.info("sweep re-sent %s", done)
         for kind, n in done.items():

@@ -1,0 +1,140 @@
+"""Retention: a batch and everything of it goes ``WANQ_RETENTION`` after it ended, or on purge.
+
+Everything of a batch: its jobs' records and payloads (releasing the image references they
+still hold, see ``workers.images``), its job list, counters, error codes, parked set and
+submission pins, its places in the cluster sets, and its entries of the results stream.
+
+The workers' sweeper purges expired batches in slices (``SLICE`` jobs per script call, at most
+``SWEEP_JOBS`` per pass), oldest end first, from the ``wanq:ended`` set finish.lua fills when
+a batch's last job ends: no long Redis call and no beat process. ``wanq purge`` runs the same
+purge at once. A purge cut short (a crash, a full pass) resumes where it stopped: each slice
+removes its jobs from the head of the batch's list in the same script that deletes them.
+
+The results stream is trimmed by age as well as by length (XTRIM MINID, approximate): a batch's
+entries were all written before it ended, so they are older than the retention when the batch
+expires. An immediate purge deletes the batch's entries itself, scanning the stream only
+between the batch's submission and its end.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from importlib import resources
+
+import redis
+
+from workers import images, keys
+from workers.store import JobStore
+
+log = logging.getLogger("wanq.retention")
+
+SLICE = 100  # jobs per purge script call (about a millisecond of Redis)
+SWEEP_JOBS = 500  # jobs purged per sweeper pass, all batches together
+STREAM_SLICE = 500  # stream entries read per XRANGE while deleting a batch's entries
+EXPIRED_LOOKED_AT = 20  # expired batches read per pass
+
+
+class Purger:
+    """Removes batches from Redis, a slice at a time."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+        lua = resources.files("workers") / "lua"
+        self._purge = client.register_script((lua / "purge.lua").read_text())
+        self._finish = client.register_script((lua / "purge_batch.lua").read_text())
+
+    def purge(
+        self, batch_id: str, max_jobs: int | None = None, stream: bool = True
+    ) -> tuple[bool, int]:
+        """Purge up to ``max_jobs`` jobs of the batch (None: all): (batch gone, jobs looked at).
+        ``stream``: delete its results stream entries too."""
+        done, remaining = 0, 1
+        while remaining and (max_jobs is None or done < max_jobs):
+            remaining = int(
+                self._purge(
+                    keys=[
+                        keys.batch_jobs(batch_id),
+                        keys.DUE,
+                        keys.QUEUED,
+                        keys.HELD,
+                        keys.INFLIGHT,
+                        keys.SLOTS,
+                        keys.DELIVER,
+                    ],
+                    args=[SLICE, keys.job(""), keys.payload("")],
+                )
+            )
+            done += SLICE
+        if remaining:
+            return False, done
+        if stream:
+            self._drop_stream_entries(batch_id)
+        gone = self._finish(
+            keys=[
+                keys.batch(batch_id),
+                keys.batch_codes(batch_id),
+                keys.batch_parked(batch_id),
+                keys.batch_jobs(batch_id),
+                keys.batch_images(batch_id),
+                keys.BATCHES,
+                keys.ENDED,
+                keys.DELIVER,
+            ],
+            args=[batch_id, images.IMAGE_PREFIX],
+        )
+        return bool(gone), done
+
+    def _drop_stream_entries(self, batch_id: str) -> None:
+        """XDEL the batch's results entries, scanning only its lifetime's part of the stream."""
+        raw = self.redis.hmget(keys.batch(batch_id), "submitted_at", "finished_at")
+        if raw[0] is None:
+            return
+        start = f"{int(float(raw[0]) * 1000)}-0"
+        end = f"{int(float(raw[1]) * 1000) + 1}" if raw[1] else "+"
+        prefix = batch_id + ":"
+        while True:
+            entries = self.redis.xrange(keys.RESULTS, start, end, count=STREAM_SLICE)
+            mine = [eid for eid, fields in entries if fields.get("job_id", "").startswith(prefix)]
+            if mine:
+                self.redis.xdel(keys.RESULTS, *mine)
+            if len(entries) < STREAM_SLICE:
+                return
+            start = "(" + entries[-1][0]
+
+
+def purge_at(batch: dict[str, str], retention: float) -> float | None:
+    """When the batch will be purged (epoch seconds), or None while it has not ended."""
+    finished = batch.get("finished_at")
+    return float(finished) + retention if finished else None
+
+
+def ended_before(client: redis.Redis, when: float) -> list[str]:
+    """Batches that ended before ``when`` (still in Redis), oldest end first."""
+    return client.zrangebyscore(keys.ENDED, "-inf", f"({when}")
+
+
+def sweep(store: JobStore, retention: float, now: float | None = None) -> int:
+    """One retention pass of the sweeper: trim the stream by age, purge up to SWEEP_JOBS jobs
+    of expired batches. Returns how many batches it removed entirely."""
+    r = store.redis
+    now = time.time() if now is None else now
+    cutoff = now - retention
+    r.xtrim(keys.RESULTS, minid=f"{int(cutoff * 1000)}-0", approximate=True)
+    budget, removed = SWEEP_JOBS, 0
+    purger = Purger(r)
+    for batch_id in r.zrangebyscore(keys.ENDED, "-inf", cutoff, start=0, num=EXPIRED_LOOKED_AT):
+        finished = r.hget(keys.batch(batch_id), "finished_at")
+        if finished is not None and float(finished) > cutoff:
+            continue  # re-opened by wanq retry and ended again later: finish.lua moved it
+        if finished is None and r.exists(keys.batch(batch_id)):
+            r.zrem(keys.ENDED, batch_id)  # re-opened and running: it comes back when it ends
+            continue
+        gone, done = purger.purge(batch_id, budget, stream=False)
+        budget -= done
+        if gone:
+            removed += 1
+            log.info("batch %s purged: retention of %.0f s passed", batch_id, retention)
+        if budget <= 0:
+            break
+    return removed
