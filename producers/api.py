@@ -110,7 +110,7 @@ class Wanq:
     # --- watching --------------------------------------------------------------------------
 
     def status(self, batch_id: str) -> BatchStatus:
-        return batch_status(self.store, batch_id)
+        return batch_status(self.store, batch_id, self.settings.retention)
 
     def wait(
         self,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from producers import cli_cluster
+from producers import cli_cluster, cli_purge
 from producers.batchfile import BatchLine
 from producers.terminal import console, out
 from producers.validation import ValidationOptions
@@ -205,7 +205,9 @@ def batches() -> None:
     """Every batch with its state, progress and cost."""
     from rich.table import Table
 
-    table = Table("batch", "state", "ended", "jobs", "failed", "cost")
+    from producers.progress import when
+
+    table = Table("batch", "state", "ended", "jobs", "failed", "cost", "purged")
     for status in _client().batches():
         table.add_row(
             status.batch_id,
@@ -214,6 +216,7 @@ def batches() -> None:
             str(status.total),
             str(status.counts.get("failed", 0)),
             f"${status.cost:.2f}",
+            when(status.purge_at) if status.purge_at else "-",
         )
     out.print(table)
 
@@ -378,6 +381,7 @@ def run(
             stack.stop()
 
 
+main.add_command(cli_purge.purge)
 for _command in cli_cluster.COMMANDS:
     main.add_command(_command)
 

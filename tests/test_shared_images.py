@@ -82,9 +82,7 @@ def test_shared_images_reach_the_provider_byte_for_byte_and_leave_with_their_job
     assert keys_like(cluster, keys.batch_images("*")) == []
 
 
-def test_failed_jobs_keep_payload_and_images_for_a_retry_then_release_them(
-    make_cluster, tmp_path
-):
+def test_failed_jobs_keep_payload_and_images_for_a_retry_then_release_them(make_cluster, tmp_path):
     cluster = make_cluster(workers=2, sim_env={"WANQ_SIM_P_FAIL": "1"})
     a = make_jpeg(tmp_path / "a.jpg", 3)
     report = cluster.submit([line(i, [str(a)]) for i in range(6)])

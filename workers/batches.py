@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from workers import account
+from workers.config import Settings
+from workers.retention import purge_at
 from workers.store import ALL_STATES, TERMINAL, JobStore
 
 CONTROL_WORDS = {
@@ -29,6 +31,7 @@ class BatchStatus:
     submitted_at: float = 0.0
     finished_at: float | None = None
     account_block: dict[str, str] = field(default_factory=dict)
+    purge_at: float | None = None  # when retention removes it (None: not ended yet)
 
     @property
     def ended(self) -> int:
@@ -57,10 +60,13 @@ class BatchStatus:
             "done": self.done,
             "submitted_at": self.submitted_at,
             "finished_at": self.finished_at,
+            "purge_at": self.purge_at,
         }
 
 
-def batch_status(store: JobStore, batch_id: str) -> BatchStatus:
+def batch_status(
+    store: JobStore, batch_id: str, retention: float = Settings.retention
+) -> BatchStatus:
     raw = store.batch(batch_id)
     if not raw:
         raise KeyError(f"no batch {batch_id!r}")
@@ -80,4 +86,5 @@ def batch_status(store: JobStore, batch_id: str) -> BatchStatus:
         submitted_at=float(raw.get("submitted_at") or 0),
         finished_at=float(raw["finished_at"]) if raw.get("finished_at") else None,
         account_block=account.blocked(store.redis),
+        purge_at=purge_at(raw, retention),
     )

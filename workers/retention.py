@@ -33,6 +33,7 @@ SLICE = 100  # jobs per purge script call (about a millisecond of Redis)
 SWEEP_JOBS = 500  # jobs purged per sweeper pass, all batches together
 STREAM_SLICE = 500  # stream entries read per XRANGE while deleting a batch's entries
 EXPIRED_LOOKED_AT = 20  # expired batches read per pass
+CLOCK_SKEW = 60.0  # seconds of clock difference between hosts and Redis tolerated
 
 
 class Purger:
@@ -90,8 +91,9 @@ class Purger:
         raw = self.redis.hmget(keys.batch(batch_id), "submitted_at", "finished_at")
         if raw[0] is None:
             return
-        start = f"{int(float(raw[0]) * 1000)}-0"
-        end = f"{int(float(raw[1]) * 1000) + 1}" if raw[1] else "+"
+        skew = CLOCK_SKEW * 1000  # entry IDs are Redis's clock, the batch's times the hosts'
+        start = f"{int(float(raw[0]) * 1000 - skew)}-0"
+        end = f"{int(float(raw[1]) * 1000 + skew)}" if raw[1] else "+"
         prefix = batch_id + ":"
         while True:
             entries = self.redis.xrange(keys.RESULTS, start, end, count=STREAM_SLICE)

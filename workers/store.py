@@ -134,7 +134,12 @@ class JobStore:
 
     def request(self, job_id: str) -> dict[str, Any] | None:
         raw = self.redis.get(keys.payload(job_id))
-        return images.resolve(self.redis, json.loads(raw)) if raw else None
+        try:
+            return images.resolve(self.redis, json.loads(raw)) if raw else None
+        except images.ImageMissing:  # the job ended (and let go of it) since the GET
+            if self.redis.hget(keys.job(job_id), "state") in TERMINAL:
+                return None
+            raise
 
     def batch(self, batch_id: str) -> dict[str, str]:
         return self.redis.hgetall(keys.batch(batch_id))

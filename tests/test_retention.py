@@ -1,0 +1,117 @@
+"""Retention, purge and the room check (issue 12): a batch and everything of it goes, nothing
+of another batch does; a batch that does not fit in Redis enqueues nothing."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from ops.localstack import wait_for
+from producers import room
+from producers.cli import main
+from tests.test_shared_images import keys_like, line, make_jpeg
+from workers import errors, keys
+
+
+def traces(cluster, batch_id: str) -> list[str]:
+    """Every trace of a batch in Redis: keys, set members, stream entries."""
+    r = cluster.redis
+    found = [k for k in r.scan_iter("wanq:*", count=1000) if batch_id in k]
+    for zset in (keys.BATCHES, keys.ENDED, keys.DUE, keys.QUEUED, keys.DELIVER, keys.INFLIGHT):
+        found += [f"{zset} {m}" for m in r.zrange(zset, 0, -1) if m.startswith(batch_id)]
+    found += [
+        f"stream {fields['job_id']}"
+        for _, fields in r.xrange(keys.RESULTS)
+        if fields["job_id"].startswith(batch_id + ":")
+    ]
+    return found
+
+
+def cli(cluster, monkeypatch, *args: str):
+    for name, value in {
+        **cluster.worker_env,
+        "WANQ_REDIS_URL": cluster.redis_url,
+        "WANQ_PROVIDER_URL": cluster.stack.provider_url,
+    }.items():
+        monkeypatch.setenv(name, value)
+    return CliRunner().invoke(main, list(args))
+
+
+def test_purge_removes_every_key_of_a_batch_and_nothing_of_another(
+    make_cluster, tmp_path, monkeypatch
+):
+    # failed jobs keep payloads and image references until their batch goes
+    cluster = make_cluster(workers=2, sim_env={"WANQ_SIM_P_FAIL": "1"})
+    shared, own = make_jpeg(tmp_path / "s.jpg", 7), make_jpeg(tmp_path / "o.jpg", 8)
+    first = cluster.submit([line(i, [str(shared), str(own)]) for i in range(5)]).batch_id
+    second = cluster.submit([line(i, [str(shared)]) for i in range(4)]).batch_id
+    cluster.wait(first), cluster.wait(second)
+    assert len(keys_like(cluster, keys.image("*"))) == 2
+    before_second = sorted(traces(cluster, second))
+    assert before_second
+
+    result = cli(cluster, monkeypatch, "purge", first)
+    assert result.exit_code == 0, result.output
+    assert traces(cluster, first) == []
+    assert sorted(traces(cluster, second)) == before_second
+    (image,) = keys_like(cluster, keys.image("*"))  # the shared one, still used by `second`
+    assert int(cluster.redis.hget(image, "refs")) == 4
+    assert cluster.client().retry(second) == 4  # the survivor still works
+
+    cluster.wait(second)
+    result = cli(cluster, monkeypatch, "purge", "--ended-before", "2100-01-01")
+    assert result.exit_code == 0, result.output
+    assert traces(cluster, second) == []
+    assert keys_like(cluster, "wanq:image*") == keys_like(cluster, "wanq:payload*") == []
+
+
+def test_purge_refuses_a_running_batch_unless_forced(make_cluster, tmp_path, monkeypatch):
+    cluster = make_cluster(workers=1, sim_env={"WANQ_SIM_LATENCY": "60"})
+    image = make_jpeg(tmp_path / "a.jpg", 9)
+    batch = cluster.submit([line(i, [str(image)]) for i in range(6)]).batch_id
+    client = cluster.client()
+    wait_for(lambda: client.status(batch).counts["running"] > 0, "a running job", 60)
+
+    refused = cli(cluster, monkeypatch, "purge", batch)
+    assert refused.exit_code == 1 and "running" in refused.output
+    assert client.store.batch(batch)
+
+    forced = cli(cluster, monkeypatch, "purge", batch, "--force")
+    assert forced.exit_code == 0, forced.output
+    assert traces(cluster, batch) == []
+    assert keys_like(cluster, "wanq:image*") == []
+
+
+def test_the_sweeper_purges_batches_past_their_retention(make_cluster, tmp_path):
+    cluster = make_cluster(workers=1, worker_env={"WANQ_RETENTION": "3"})
+    image = make_jpeg(tmp_path / "a.jpg", 10)
+    batch = cluster.submit([line(i, [str(image)]) for i in range(5)]).batch_id
+    status = cluster.wait(batch)
+    assert status.purge_at == pytest.approx(status.finished_at + 3)
+    wait_for(lambda: traces(cluster, batch) == [], "the batch purged by retention", 60)
+    assert keys_like(cluster, "wanq:*image*") == []
+
+
+def test_a_batch_too_large_for_redis_is_refused_whole(make_cluster, tmp_path):
+    cluster = make_cluster(workers=0, worker_env={"WANQ_MAX_INLINE_BYTES": "100000"})
+    image = make_jpeg(tmp_path / "a.jpg", 11)
+    with pytest.raises(room.NoRoom) as refused:
+        cluster.submit([line(i, [str(image)]) for i in range(3)])
+    assert refused.value.code == errors.NO_ROOM
+    assert "needs" in str(refused.value) and "URLs" in str(refused.value)
+    assert keys_like(cluster, "wanq:*") == []
+
+
+def test_an_oom_mid_submission_leaves_no_half_batch(make_cluster, tmp_path, monkeypatch):
+    cluster = make_cluster(workers=0)
+    r = cluster.redis
+    images = [make_jpeg(tmp_path / f"{n}.jpg", 20 + n, side=1200) for n in range(4)]
+    monkeypatch.setattr(room, "check", lambda *args: None)  # let the writes meet the OOM
+    r.config_set("maxmemory", int(r.info("memory")["used_memory"]) + 3_000_000)
+    try:
+        with pytest.raises(room.NoRoom) as refused:
+            cluster.submit([line(i, [str(images[i % 4])]) for i in range(40)])
+    finally:
+        r.config_set("maxmemory", 0)
+    assert "refused a write" in str(refused.value)
+    assert keys_like(cluster, "wanq:*") == []
