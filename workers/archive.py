@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import os
 import re
 import socket
 import time
@@ -30,6 +29,9 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+
+from workers import destination
+from workers.destination import Location
 
 CHUNK_BYTES = 64 * 1024
 MAX_REDIRECTS = 3
@@ -86,7 +88,7 @@ def new_session() -> requests.Session:
 
 
 def download(
-    url: str, dest: Path, limits: DownloadLimits, session: requests.Session | None = None
+    url: str, dest: Location, limits: DownloadLimits, session: requests.Session | None = None
 ) -> tuple[int, str]:
     """Stream url into dest (via ``dest.with_suffix('.part')``, renamed atomically).
 
@@ -99,7 +101,7 @@ def download(
 
 def archive_outputs(
     outputs: list[dict[str, Any]],
-    directory: Path,
+    directory: Location,
     limits: DownloadLimits,
     session: requests.Session | None = None,
 ) -> tuple[list[dict[str, Any]], list[str]]:
@@ -125,9 +127,10 @@ def archive_outputs(
     return archived, errors
 
 
-def archive_dir(root: Path, batch_id: str, custom_id: str) -> Path:
-    """root/batch_id/custom_id, both made filesystem-safe: never outside root, never shared."""
-    return root / _safe_name(batch_id) / _safe_name(custom_id)
+def archive_dir(root: Location, batch_id: str, custom_id: str) -> Location:
+    """root/batch_id/custom_id, both made filesystem-safe: never outside root, never shared.
+    ``root`` is a local directory or an fsspec URL (``workers.destination``)."""
+    return destination.join(root, _safe_name(batch_id), _safe_name(custom_id))
 
 
 # --- outputs ---------------------------------------------------------------------------------
@@ -136,7 +139,7 @@ def archive_dir(root: Path, batch_id: str, custom_id: str) -> Path:
 def _archive_item(
     index: int,
     item: dict[str, Any],
-    directory: Path,
+    directory: Location,
     limits: DownloadLimits,
     session: requests.Session,
 ) -> dict[str, Any]:
@@ -154,30 +157,31 @@ def _archive_item(
 def _save(
     index: int,
     item: dict[str, Any],
-    directory: Path,
+    directory: Location,
     limits: DownloadLimits,
     session: requests.Session,
-) -> tuple[Path, int, str]:
+) -> tuple[Location, int, str]:
     stem = f"{index:02d}"
     if item["type"] == "text":
         text = item.get("text")
         if not isinstance(text, str):
             raise ArchiveError("text item has no text")
-        return _write_text(directory / f"{stem}.txt", text)
+        return _write_text(destination.join(directory, f"{stem}.txt"), text)
     url = item.get("url")
     if not isinstance(url, str) or not url:
         raise ArchiveError("image item has no URL")
-    return _download(url, lambda ctype: directory / f"{stem}.{_extension(ctype)}", limits, session)
+
+    def name(content_type: str) -> Location:
+        return destination.join(directory, f"{stem}.{_extension(content_type)}")
+
+    return _download(url, name, limits, session)
 
 
 def _already_archived(item: dict[str, Any]) -> bool:
     path = item.get("path")
     if not isinstance(path, str) or not isinstance(item.get("bytes"), int):
         return False
-    try:
-        return Path(path).stat().st_size == item["bytes"]
-    except OSError:
-        return False
+    return destination.size(path) == item["bytes"]
 
 
 def _extension(content_type: str) -> str:
@@ -185,7 +189,7 @@ def _extension(content_type: str) -> str:
     return EXTENSIONS.get(mime, DEFAULT_EXTENSION)
 
 
-def _write_text(path: Path, text: str) -> tuple[Path, int, str]:
+def _write_text(path: Location, text: str) -> tuple[Location, int, str]:
     data = text.encode("utf-8")
     with _atomic_file(path) as handle:
         handle.write(data)
@@ -303,22 +307,14 @@ def _stream(response: requests.Response, dest: Path, max_bytes: int, host: str) 
 
 
 @contextmanager
-def _atomic_file(dest: Path) -> Iterator[Any]:
-    """Write dest.with_suffix('.part'), then rename: a reader never sees half a file."""
-    part = dest.with_suffix(".part")
+def _atomic_file(dest: Location) -> Iterator[Any]:
+    """All or nothing: a reader never sees half a file (``workers.destination``)."""
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with open(part, "wb") as handle:
+        with destination.atomic_write(dest) as handle:
             yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(part, dest)
     except OSError as exc:
-        part.unlink(missing_ok=True)
-        raise ArchiveError(f"cannot write {dest.name}: {exc.strerror or exc}") from None
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
+        name = str(dest).rsplit("/", 1)[-1]
+        raise ArchiveError(f"cannot write {name}: {exc.strerror or exc}") from None
 
 
 # --- which addresses may be fetched ----------------------------------------------------------
