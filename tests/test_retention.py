@@ -115,3 +115,26 @@ def test_an_oom_mid_submission_leaves_no_half_batch(make_cluster, tmp_path, monk
         r.config_set("maxmemory", 0)
     assert "refused a write" in str(refused.value)
     assert keys_like(cluster, "wanq:*") == []
+
+
+def test_retention_purges_expired_batches_only_including_ones_ended_before_the_upgrade(
+    redis_url,
+):
+    from workers.retention import sweep
+    from workers.store import JobStore, State
+
+    store = JobStore.from_url(redis_url)
+    for batch_id in ("old", "new"):
+        store.open_batch(batch_id, {})
+        store.enqueue_many(batch_id, [(f"c{i}", "{}", i) for i in range(3)])
+    for i in range(3):
+        store.finish(f"old:c{i}", None, State.SUCCEEDED, {"outputs": []})
+    store.redis.zrem(keys.ENDED, "old")  # as a batch that ended before wanq:ended existed
+    finished = float(store.batch("old")["finished_at"])
+
+    assert sweep(store, retention=3600, now=finished + 60) == 0  # not expired yet
+    assert store.batch("old")
+    assert sweep(store, retention=3600, now=finished + 3601) == 1
+    assert [k for k in store.redis.scan_iter("wanq:*") if "old" in k] == []
+    assert store.batch("new")["total"] == "3"
+    assert store.redis.llen(keys.batch_jobs("new")) == 3

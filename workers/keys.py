@@ -19,6 +19,7 @@ CREATE_PACE = PREFIX + "pace:create"  # string: GCRA theoretical arrival time of
 POLL_PACE = PREFIX + "pace:poll"  # string: the same for status polls
 PACE_RATE = PREFIX + "pace:rate"  # string: creations/s after 429s tightened the pace
 ENDED = PREFIX + "ended"  # zset batch_id -> finished at: retention purges from its oldest end
+RETENTION_CURSOR = PREFIX + "retention:cursor"  # string: rank in BATCHES the adoption walk is at
 
 CREATE_QUEUE = "wanq.create"
 POLL_QUEUE = "wanq.poll"

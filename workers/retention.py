@@ -33,6 +33,7 @@ SLICE = 100  # jobs per purge script call (about a millisecond of Redis)
 SWEEP_JOBS = 500  # jobs purged per sweeper pass, all batches together
 STREAM_SLICE = 500  # stream entries read per XRANGE while deleting a batch's entries
 EXPIRED_LOOKED_AT = 20  # expired batches read per pass
+ADOPT_SLICE = 200  # batches of the listing checked per pass for an end not yet recorded
 CLOCK_SKEW = 60.0  # seconds of clock difference between hosts and Redis tolerated
 
 
@@ -123,6 +124,7 @@ def sweep(store: JobStore, retention: float, now: float | None = None) -> int:
     now = time.time() if now is None else now
     cutoff = now - retention
     r.xtrim(keys.RESULTS, minid=f"{int(cutoff * 1000)}-0", approximate=True)
+    _adopt(r)
     budget, removed = SWEEP_JOBS, 0
     purger = Purger(r)
     for batch_id in r.zrangebyscore(keys.ENDED, "-inf", cutoff, start=0, num=EXPIRED_LOOKED_AT):
@@ -140,3 +142,20 @@ def sweep(store: JobStore, retention: float, now: float | None = None) -> int:
         if budget <= 0:
             break
     return removed
+
+
+def _adopt(r: redis.Redis) -> None:
+    """Batches that ended before ``wanq:ended`` existed join it: a cursor walks the batch
+    listing, ADOPT_SLICE batches a pass, and starts over once through (a new batch's end is
+    recorded by finish.lua itself, so the walk only matters after an upgrade)."""
+    start = int(r.get(keys.RETENTION_CURSOR) or 0)
+    batch_ids = r.zrange(keys.BATCHES, start, start + ADOPT_SLICE - 1)
+    r.set(keys.RETENTION_CURSOR, 0 if len(batch_ids) < ADOPT_SLICE else start + ADOPT_SLICE)
+    if not batch_ids:
+        return
+    pipe = r.pipeline(transaction=False)
+    for batch_id in batch_ids:
+        pipe.hget(keys.batch(batch_id), "finished_at")
+    ended = {b: float(f) for b, f in zip(batch_ids, pipe.execute(), strict=True) if f}
+    if ended:
+        r.zadd(keys.ENDED, ended, nx=True)
