@@ -138,3 +138,19 @@ def test_retention_purges_expired_batches_only_including_ones_ended_before_the_u
     assert [k for k in store.redis.scan_iter("wanq:*") if "old" in k] == []
     assert store.batch("new")["total"] == "3"
     assert store.redis.llen(keys.batch_jobs("new")) == 3
+
+
+def test_a_submission_that_died_before_its_jobs_is_purged_with_its_pins(redis_url):
+    from workers.images import ImageStore
+    from workers.retention import sweep
+    from workers.store import JobStore
+
+    store = JobStore.from_url(redis_url)
+    store.open_batch("dead", {})
+    ImageStore(store.redis).pin("dead", "ab" * 32, b"\x00" * 100)  # then the submitter died
+    submitted = float(store.batch("dead")["submitted_at"])
+    sweep(store, retention=3600, now=submitted + 60)
+    assert store.batch("dead") and store.redis.exists(keys.image("ab" * 32))
+    sweep(store, retention=3600, now=submitted + 3601)
+    assert list(store.redis.scan_iter("wanq:*image*")) == []
+    assert not store.batch("dead")

@@ -128,10 +128,10 @@ def sweep(store: JobStore, retention: float, now: float | None = None) -> int:
     budget, removed = SWEEP_JOBS, 0
     purger = Purger(r)
     for batch_id in r.zrangebyscore(keys.ENDED, "-inf", cutoff, start=0, num=EXPIRED_LOOKED_AT):
-        finished = r.hget(keys.batch(batch_id), "finished_at")
+        finished, total = r.hmget(keys.batch(batch_id), "finished_at", "total")
         if finished is not None and float(finished) > cutoff:
             continue  # re-opened by wanq retry and ended again later: finish.lua moved it
-        if finished is None and r.exists(keys.batch(batch_id)):
+        if finished is None and int(total or 0) > 0:
             r.zrem(keys.ENDED, batch_id)  # re-opened and running: it comes back when it ends
             continue
         gone, done = purger.purge(batch_id, budget, stream=False)
@@ -145,9 +145,10 @@ def sweep(store: JobStore, retention: float, now: float | None = None) -> int:
 
 
 def _adopt(r: redis.Redis) -> None:
-    """Batches that ended before ``wanq:ended`` existed join it: a cursor walks the batch
-    listing, ADOPT_SLICE batches a pass, and starts over once through (a new batch's end is
-    recorded by finish.lua itself, so the walk only matters after an upgrade)."""
+    """Batches that ended before ``wanq:ended`` existed join it, and so do batches whose
+    submission died before writing a job (they never end; their image pins would stay):
+    a cursor walks the batch listing, ADOPT_SLICE batches a pass, and starts over once
+    through (a batch's end is recorded by finish.lua itself)."""
     start = int(r.get(keys.RETENTION_CURSOR) or 0)
     batch_ids = r.zrange(keys.BATCHES, start, start + ADOPT_SLICE - 1)
     r.set(keys.RETENTION_CURSOR, 0 if len(batch_ids) < ADOPT_SLICE else start + ADOPT_SLICE)
@@ -155,7 +156,12 @@ def _adopt(r: redis.Redis) -> None:
         return
     pipe = r.pipeline(transaction=False)
     for batch_id in batch_ids:
-        pipe.hget(keys.batch(batch_id), "finished_at")
-    ended = {b: float(f) for b, f in zip(batch_ids, pipe.execute(), strict=True) if f}
+        pipe.hmget(keys.batch(batch_id), "finished_at", "total", "submitted_at")
+    ended = {}
+    for batch_id, (finished, total, submitted) in zip(batch_ids, pipe.execute(), strict=True):
+        if finished:
+            ended[batch_id] = float(finished)
+        elif not int(total or 0) and submitted:  # a submission that died before its jobs
+            ended[batch_id] = float(submitted)
     if ended:
         r.zadd(keys.ENDED, ended, nx=True)
