@@ -103,7 +103,9 @@ def test_failed_jobs_keep_payload_and_images_for_a_retry_then_release_them(make_
 
 
 def test_sigkilled_workers_lose_no_needed_image_and_leak_none(make_cluster, tmp_path):
-    cluster = make_cluster(workers=3, sim_env={"WANQ_SIM_LATENCY": "2"})
+    # a short visibility timeout: the killed worker's messages come back within the test
+    fast = {"WANQ_VISIBILITY_TIMEOUT": "20", "WANQ_MAX_COUNTDOWN": "10"}
+    cluster = make_cluster(workers=3, sim_env={"WANQ_SIM_LATENCY": "2"}, worker_env=fast)
     a, b = make_jpeg(tmp_path / "a.jpg", 4), make_jpeg(tmp_path / "b.jpg", 5)
     report = cluster.submit([line(i, [str(a), str(b)][: 1 + i % 2]) for i in range(120)])
     client = cluster.client()

@@ -47,6 +47,7 @@ class DataResult:
     baseline_memory: int
     after_purge_memory: int
     keys_left: int
+    parts: dict[str, int]  # one job's record and payload (MEMORY USAGE), its message's length
 
 
 def jobs_for(params: Params) -> int:
@@ -108,6 +109,10 @@ def submit(bench: Bench, path: Path, batch_id: str) -> tuple[float, float]:
     return int(rss_kb) / 1024, float(seconds)
 
 
+def usage(r, key: str) -> int:
+    return int(r.execute_command("MEMORY", "USAGE", key, "SAMPLES", "0") or 0)
+
+
 def run_and_purge(bench: Bench, client, path: Path, ids: list[str]) -> None:
     """Submit ``path`` once per batch ID, wait until every batch ended, purge them all."""
     for batch_id in ids:
@@ -132,10 +137,13 @@ def run(bench: Bench) -> DataResult:
     before = bench.used_memory()
     rss, seconds = submit(bench, big, "bench-shared")
     after = bench.used_memory()
-    image_bytes = sum(
-        int(r.execute_command("MEMORY", "USAGE", k, "SAMPLES", "0") or 0)
-        for k in r.scan_iter(keys.image("*"))
-    )
+    image_bytes = sum(usage(r, k) for k in r.scan_iter(keys.image("*")))
+    first = "bench-shared:job-000000"
+    parts = {
+        "job_record": usage(r, keys.job(first)),
+        "payload": usage(r, keys.payload(first)),
+        "create_message": len((r.lindex(keys.CREATE_QUEUE, 0) or "").encode()),
+    }
     bench.flush()
     small_rss, _ = submit(bench, small, "bench-shared-small")
     bench.flush()
@@ -163,6 +171,7 @@ def run(bench: Bench) -> DataResult:
         baseline_memory=baseline,
         after_purge_memory=after_purge,
         keys_left=left,
+        parts=parts,
     )
 
 
@@ -179,7 +188,8 @@ def figures(res: DataResult) -> list[report.Figure]:
             "the job record, its payload (the request with references, not images), its "
             "place in the batch list and the queued set and its create message; each distinct "
             "image is stored once as raw bytes",
-            f"{res.jobs:,} jobs; images {res.image_bytes / 1e6:.1f} MB in Redis (2 raw copies)",
+            f"{res.jobs:,} jobs; images {res.image_bytes / 1e6:.1f} MB in Redis (2 raw copies); "
+            + ", ".join(f"{name} {n:,} B" for name, n in res.parts.items()),
         ),
         report.figure(
             "submit_peak_rss_mb_shared_images",
