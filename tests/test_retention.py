@@ -3,6 +3,8 @@ of another batch does; a batch that does not fit in Redis enqueues nothing."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from click.testing import CliRunner
 
@@ -92,13 +94,20 @@ def test_the_sweeper_purges_batches_past_their_retention(make_cluster, tmp_path)
     assert keys_like(cluster, "wanq:*image*") == []
 
 
-def test_a_batch_too_large_for_redis_is_refused_whole(make_cluster, tmp_path):
+def test_a_batch_too_large_for_redis_is_refused_whole(make_cluster, tmp_path, monkeypatch):
     cluster = make_cluster(workers=0, worker_env={"WANQ_MAX_INLINE_BYTES": "100000"})
     image = make_jpeg(tmp_path / "a.jpg", 11)
     with pytest.raises(room.NoRoom) as refused:
         cluster.submit([line(i, [str(image)]) for i in range(3)])
     assert refused.value.code == errors.NO_ROOM
     assert "needs" in str(refused.value) and "URLs" in str(refused.value)
+    assert keys_like(cluster, "wanq:*") == []
+
+    path = tmp_path / "batch.jsonl"
+    path.write_text("".join(json.dumps(line(i, [str(image)])) + "\n" for i in range(3)))
+    result = cli(cluster, monkeypatch, "submit", str(path))
+    assert result.exit_code != 0
+    assert "WQ107" in result.output and "needs" in result.output
     assert keys_like(cluster, "wanq:*") == []
 
 
