@@ -145,6 +145,7 @@ def test_retention_purges_expired_batches_only_including_ones_ended_before_the_u
     assert store.batch("old")
     assert sweep(store, retention=3600, now=finished + 3601) == 1
     assert [k for k in store.redis.scan_iter("wanq:*") if "old" in k] == []
+    assert store.redis.xlen(keys.RESULTS) == 0  # its stream entries aged out with it
     assert store.batch("new")["total"] == "3"
     assert store.redis.llen(keys.batch_jobs("new")) == 3
 

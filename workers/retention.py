@@ -31,6 +31,7 @@ log = logging.getLogger("wanq.retention")
 
 SLICE = 100  # jobs per purge script call (about a millisecond of Redis)
 SWEEP_JOBS = 500  # jobs purged per sweeper pass, all batches together
+STREAM_TRIM_LIMIT = 10_000  # stream entries trimmed by age per pass, at most
 STREAM_SLICE = 500  # stream entries read per XRANGE while deleting a batch's entries
 EXPIRED_LOOKED_AT = 20  # expired batches read per pass
 ADOPT_SLICE = 200  # batches of the listing checked per pass for an end not yet recorded
@@ -123,7 +124,8 @@ def sweep(store: JobStore, retention: float, now: float | None = None) -> int:
     r = store.redis
     now = time.time() if now is None else now
     cutoff = now - retention
-    r.xtrim(keys.RESULTS, minid=f"{int(cutoff * 1000)}-0", approximate=True)
+    minid = f"{int(cutoff * 1000)}-0"  # whole stream nodes only (~), bounded work a pass
+    r.xtrim(keys.RESULTS, minid=minid, approximate=True, limit=STREAM_TRIM_LIMIT)
     _adopt(r)
     budget, removed = SWEEP_JOBS, 0
     purger = Purger(r)
