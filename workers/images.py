@@ -57,12 +57,6 @@ def image_items(request: dict[str, Any]) -> Iterator[dict[str, Any]]:
                 yield item
 
 
-def image_keys(request: dict[str, Any]) -> list[str]:
-    """The image keys a stored request references, one per use, in order."""
-    found = (parse(item["image"]) for item in image_items(request))
-    return [keys.image(sha) for sha, _ in filter(None, found)]
-
-
 def resolve(client: redis.Redis, request: dict[str, Any]) -> dict[str, Any]:
     """The request as the provider must receive it: every reference back to its data URI."""
     items = [(item, parse(item["image"])) for item in image_items(request)]
@@ -106,6 +100,3 @@ class ImageStore:
         for sha in shas:
             pipe.exists(keys.image(sha))
         return {sha for sha, there in zip(shas, pipe.execute(), strict=True) if there}
-
-    def refs(self, sha256: str) -> int:
-        return int(self.redis.hget(keys.image(sha256), "refs") or 0)
