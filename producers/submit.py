@@ -26,6 +26,7 @@ from producers import room
 from producers.batchfile import BatchLine, read_batch
 from producers.inline import InlineImages
 from producers.validation import ValidationOptions
+from workers import keys
 from workers.config import Settings
 from workers.images import ImageStore
 from workers.retention import Purger
@@ -138,8 +139,9 @@ def _write(
 ) -> None:
     """Room check, images, records; then the create messages of the jobs that are new.
 
-    An OOM refusal on the way undoes what this submission wrote to a new batch (the purge
-    runs even when Redis is full) and raises ``NoRoom``."""
+    An OOM refusal on the way undoes what this submission wrote (a new batch is purged; an
+    existing one loses only the jobs this submission added; both run even when Redis is
+    full) and raises ``NoRoom``."""
     pins = ImageStore(store.redis)
     sizes = inline.sizes()
     stored = pins.stored(sizes)
@@ -148,26 +150,42 @@ def _write(
     room.check(store.redis, need, max_inline_bytes)
     existed = bool(store.batch(report.batch_id))
     with _Spool() as fresh:
+        pending: list[str] = []  # the chunk being written: its jobs that did not exist before
         try:
             store.open_batch(report.batch_id, meta)
             for sha in sizes:
                 if not pins.pin(report.batch_id, sha):
                     pins.pin(report.batch_id, sha, inline.read(sha))
             for chunk in _chunks(spool.read()):
+                if existed:
+                    pending = _absent(store, report.batch_id, chunk)
                 ids = store.enqueue_many(report.batch_id, chunk)
                 fresh.write(ids)
+                pending = []
                 report.enqueued += len(ids)
                 report.existing += len(chunk) - len(ids)
         except redis.RedisError as exc:
             if not room.is_oom(exc):
                 raise
-            if not existed:
+            if existed:
+                written = itertools.chain(reversed(pending), fresh.read_backwards())
+                Purger(store.redis).take_back(report.batch_id, written)
+            else:
                 Purger(store.redis).purge(report.batch_id)
             pins.unpin(report.batch_id)
             raise room.oom(exc, need) from exc
         pins.unpin(report.batch_id)  # the jobs hold their own references now
         for ids in _chunks(fresh.read()):
             send_create((job_id, 0) for job_id in ids)
+
+
+def _absent(store: JobStore, batch_id: str, chunk: list[Job]) -> list[str]:
+    """The chunk's job IDs that have no record yet, in order."""
+    ids = [keys.job_id(batch_id, job[0]) for job in chunk]
+    pipe = store.redis.pipeline(transaction=False)
+    for job_id in ids:
+        pipe.exists(keys.job(job_id))
+    return [job_id for job_id, there in zip(ids, pipe.execute(), strict=True) if not there]
 
 
 class _Spool:
@@ -177,9 +195,11 @@ class _Spool:
     def __enter__(self) -> _Spool:
         self.file = tempfile.TemporaryFile(prefix="wanq-spool-")
         self.jobs = self.bytes = 0
+        self.offsets: list[int] = []  # where each chunk starts: one int per CHUNK items
         return self
 
     def write(self, chunk: list) -> None:
+        self.offsets.append(self.file.seek(0, 2))
         self.jobs += len(chunk)
         self.bytes += sum(len(job[1]) for job in chunk if isinstance(job, tuple))
         pickle.dump(chunk, self.file, protocol=pickle.HIGHEST_PROTOCOL)
@@ -192,6 +212,12 @@ class _Spool:
             except EOFError:
                 return
             yield from chunk
+
+    def read_backwards(self) -> Iterator:
+        """The items last-written first, a chunk in memory at a time."""
+        for offset in reversed(self.offsets):
+            self.file.seek(offset)
+            yield from reversed(pickle.load(self.file))  # our own file, written above
 
     def __exit__(self, *exc: object) -> None:
         self.file.close()

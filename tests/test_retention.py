@@ -164,3 +164,28 @@ def test_a_submission_that_died_before_its_jobs_is_purged_with_its_pins(redis_ur
     sweep(store, retention=3600, now=submitted + 3601)
     assert list(store.redis.scan_iter("wanq:*image*")) == []
     assert not store.batch("dead")
+
+
+def test_an_oom_while_adding_lines_to_an_existing_batch_takes_back_only_them(
+    make_cluster, tmp_path, monkeypatch
+):
+    cluster = make_cluster(workers=0)  # no worker: every job stays queued
+    r = cluster.redis
+    image = make_jpeg(tmp_path / "a.jpg", 30)
+    batch = cluster.submit([line(i, [str(image)]) for i in range(3)]).batch_id
+    before = {k: r.dump(k) for k in r.scan_iter("wanq:*") if "queue" not in k}
+    more = [line(i, [str(image)]) for i in range(3, 3000)]  # the image is stored: jobs only
+    monkeypatch.setattr(room, "check", lambda *args: None)  # let the writes meet the OOM
+    r.config_set("maxmemory", int(r.info("memory")["used_memory"]) + 200_000)
+    try:
+        with pytest.raises(room.NoRoom) as refused:
+            cluster.submit(more, batch_id=batch)
+    finally:
+        r.config_set("maxmemory", 0)
+    assert "refused a write" in str(refused.value)
+    after = {k: r.dump(k) for k in r.scan_iter("wanq:*") if "queue" not in k}
+    assert sorted(after) == sorted(before)
+    assert r.llen(keys.batch_jobs(batch)) == 3 and r.zcard(keys.QUEUED) == 3
+    assert cluster.client().status(batch).total == 3
+    (stored,) = keys_like(cluster, keys.image("*"))
+    assert int(r.hget(stored, "refs")) == 3

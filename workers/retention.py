@@ -18,8 +18,10 @@ between the batch's submission and its end.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
+from collections.abc import Iterable
 from importlib import resources
 
 import redis
@@ -46,6 +48,21 @@ class Purger:
         lua = resources.files("workers") / "lua"
         self._purge = client.register_script((lua / "purge.lua").read_text())
         self._finish = client.register_script((lua / "purge_batch.lua").read_text())
+        self._unenqueue = client.register_script((lua / "unenqueue.lua").read_text())
+
+    def take_back(self, batch_id: str, job_ids: Iterable[str]) -> int:
+        """Remove jobs a submission wrote to a batch that existed before it (an OOM stopped
+        it), given last-written first; jobs a worker touched meanwhile stay. How many went."""
+        taken = 0
+        job_ids = iter(job_ids)
+        while chunk := list(itertools.islice(job_ids, SLICE)):
+            taken += int(
+                self._unenqueue(
+                    keys=[keys.batch(batch_id), keys.batch_jobs(batch_id), keys.QUEUED],
+                    args=[keys.job(""), keys.payload(""), *chunk],
+                )
+            )
+        return taken
 
     def purge(
         self, batch_id: str, max_jobs: int | None = None, stream: bool = True
