@@ -103,8 +103,9 @@ def test_failed_jobs_keep_payload_and_images_for_a_retry_then_release_them(make_
 
 
 def test_sigkilled_workers_lose_no_needed_image_and_leak_none(make_cluster, tmp_path):
-    # a short visibility timeout: the killed worker's messages come back within the test
-    fast = {"WANQ_VISIBILITY_TIMEOUT": "20", "WANQ_MAX_COUNTDOWN": "10"}
+    # a short visibility timeout: the killed worker's messages come back within the test;
+    # an in-flight cap: most jobs wait parked for a slot meanwhile, and must stay rebuildable
+    fast = {"WANQ_VISIBILITY_TIMEOUT": "20", "WANQ_MAX_COUNTDOWN": "10", "WANQ_MAX_IN_FLIGHT": "30"}
     cluster = make_cluster(workers=3, sim_env={"WANQ_SIM_LATENCY": "2"}, worker_env=fast)
     a, b = make_jpeg(tmp_path / "a.jpg", 4), make_jpeg(tmp_path / "b.jpg", 5)
     report = cluster.submit([line(i, [str(a), str(b)][: 1 + i % 2]) for i in range(120)])
@@ -112,8 +113,12 @@ def test_sigkilled_workers_lose_no_needed_image_and_leak_none(make_cluster, tmp_
     wait_for(lambda: client.status(report.batch_id).ended >= 20, "a sixth of the batch", 120)
     cluster.workers[0].kill()
 
+    waiting = 0
+
     def every_open_job_can_be_rebuilt() -> bool:
+        nonlocal waiting
         for job in client.store.iter_batch_jobs(report.batch_id):
+            waiting += job["state"] == "waiting"
             if job["state"] not in TERMINAL:
                 request = client.store.request(job["job_id"])  # raises if an image is gone
                 # gone only if the job ended between the two reads
@@ -125,5 +130,6 @@ def test_sigkilled_workers_lose_no_needed_image_and_leak_none(make_cluster, tmp_
         assert every_open_job_can_be_rebuilt()
     final = cluster.wait(report.batch_id, timeout=180)
     assert final.counts["succeeded"] == 120
+    assert waiting > 0  # parked jobs were among those checked
     assert keys_like(cluster, keys.payload("*")) == []
     assert keys_like(cluster, keys.image("*")) == []
