@@ -51,6 +51,8 @@ def test_purge_removes_every_key_of_a_batch_and_nothing_of_another(
     assert len(keys_like(cluster, keys.image("*"))) == 2
     before_second = sorted(traces(cluster, second))
     assert before_second
+    shown = json.loads(cli(cluster, monkeypatch, "status", first, "--json").output)
+    assert shown["purge_at"] == pytest.approx(shown["finished_at"] + 30 * 86400)
 
     result = cli(cluster, monkeypatch, "purge", first)
     assert result.exit_code == 0, result.output
