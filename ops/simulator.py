@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import hashlib
 import hmac
 import json
 import logging
@@ -211,8 +212,9 @@ def _error(status: int, code: str, message: str, **headers: str) -> web.Response
 
 def _abbreviate(value: Any) -> Any:
     """Keep the shape of a stored request but not megabytes of base64."""
-    if isinstance(value, str) and len(value) > STORED_STRING_LIMIT:
-        return f"{value[:64]}...<{len(value)} chars>"
+    if isinstance(value, str) and len(value) > STORED_STRING_LIMIT:  # the hash: bytes received
+        digest = hashlib.sha256(value.encode()).hexdigest()
+        return f"{value[:64]}...<{len(value)} chars sha256:{digest}>"
     if isinstance(value, dict):
         return {key: _abbreviate(item) for key, item in value.items()}
     if isinstance(value, list):

@@ -129,6 +129,7 @@ class Wanq:
                 on_line=on_line,
                 meta=batch.meta(),
                 ignore_changed=ignore_changed,
+                max_inline_bytes=self.settings.max_inline_bytes,
             )
         if not report.submitted:
             raise SubmissionRefused(report.refusal, _refusal_detail(report), report=report)
@@ -137,7 +138,7 @@ class Wanq:
     # --- watching --------------------------------------------------------------------------
 
     def status(self, batch_id: str) -> BatchStatus:
-        return batch_status(self.store, batch_id)
+        return batch_status(self.store, batch_id, self.settings.retention)
 
     def wait(
         self,

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import click
 
-from producers import exits
+from producers import cli_purge, exits
 from producers.batchfile import BatchLine
+from producers.progress import when
 from producers.terminal import console, out, plain
 from producers.validation import ValidationOptions
 from workers import config, errors
@@ -287,7 +288,10 @@ def batches() -> None:
     """Every batch with its state, progress and cost."""
     from rich.table import Table
 
-    table = Table("batch", "state", "priority", "ended", "jobs", "failed", "cost")
+    table = Table("batch")
+    table.add_column("state", no_wrap=True)  # a block's reason is read whole
+    for name in ("priority", "ended", "jobs", "failed", "cost", "purged"):
+        table.add_column(name)
     for status in _client().batches():
         table.add_row(
             plain(status.batch_id),
@@ -297,6 +301,7 @@ def batches() -> None:
             str(status.total),
             str(status.counts.get("failed", 0)),
             f"${status.cost:.2f}",
+            when(status.purge_at) if status.purge_at else "-",
         )
     out.print(table)
 
@@ -423,6 +428,9 @@ def results(batch: str, fmt: str, state: str | None, path: str | None) -> None:
         console.print(f"{n} records written to {plain(path)}")
     else:
         write_results(records, sys.stdout, fmt)
+
+
+main.add_command(cli_purge.purge)
 
 
 if __name__ == "__main__":

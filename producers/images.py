@@ -13,9 +13,11 @@ Also home of the two helpers that render user values in error details (``describ
 from __future__ import annotations
 
 import base64
+import os
 import re
 import reprlib
 import warnings
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from io import BytesIO
@@ -152,13 +154,24 @@ def _decode_base64(payload: str, field: str) -> bytes:
 
 
 def _check_local_file(ref: str, options: ValidationOptions, field: str) -> str:
-    """Read a local image (always decoded: its real format names the data URI's type)."""
-    data = _read_local_file(ref, options.base_dir, field)
+    """Read a local image (always decoded: its real format names the data URI's type).
+
+    A batch often names the same file on every line: the data URI is kept in a bounded
+    window keyed by (path, size, mtime), so the file is read, decoded and encoded once, and
+    every line shares one string (which ``producers.inline`` then hashes once)."""
+    path, stat = _stat_local_file(ref, options.base_dir, field)
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    cached = _LOCAL_WINDOW.get(key)
+    if cached is not None:
+        return cached
+    data = _read_local_file(ref, path, field)
     mime = _inspect(data, field)
-    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+    uri = f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+    _LOCAL_WINDOW.put(key, uri, len(uri))
+    return uri
 
 
-def _read_local_file(ref: str, base_dir: Path | None, field: str) -> bytes:
+def _stat_local_file(ref: str, base_dir: Path | None, field: str) -> tuple[Path, os.stat_result]:
     try:
         path = Path(ref).expanduser()
         if base_dir is not None:
@@ -166,11 +179,49 @@ def _read_local_file(ref: str, base_dir: Path | None, field: str) -> bytes:
         if not path.is_file():
             detail = f"not a URL, data URI or existing file: {describe(ref)}"
             raise ValidationError(errors.IMAGE_REFERENCE, detail, field)
-        _check_byte_count(path.stat().st_size, field)
-        return path.read_bytes()
+        stat = path.stat()
     except (OSError, ValueError, RuntimeError) as exc:  # unreadable, NUL byte, no home dir
         detail = f"cannot read {describe(ref)}: {type(exc).__name__}"
         raise ValidationError(errors.IMAGE_REFERENCE, detail, field) from exc
+    _check_byte_count(stat.st_size, field)
+    return path, stat
+
+
+def _read_local_file(ref: str, path: Path, field: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        detail = f"cannot read {describe(ref)}: {type(exc).__name__}"
+        raise ValidationError(errors.IMAGE_REFERENCE, detail, field) from exc
+
+
+class Window:
+    """A least-recently-used map bounded by the size its caller gives each entry."""
+
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max_size
+        self.items: OrderedDict[object, tuple[str, int]] = OrderedDict()
+        self.size = 0
+
+    def get(self, key: object) -> str | None:
+        found = self.items.get(key)
+        if found is None:
+            return None
+        self.items.move_to_end(key)
+        return found[0]
+
+    def put(self, key: object, value: str, size: int) -> None:
+        if key in self.items or size > self.max_size:
+            return
+        self.items[key] = (value, size)
+        self.size += size
+        while self.size > self.max_size:
+            _, (_, dropped) = self.items.popitem(last=False)
+            self.size -= dropped
+
+
+LOCAL_WINDOW_CHARS = 48 * 1024 * 1024  # data URIs of local files kept (about 3 of 10 MB each)
+_LOCAL_WINDOW = Window(LOCAL_WINDOW_CHARS)
 
 
 def _check_byte_count(size: int, field: str) -> None:

@@ -93,7 +93,14 @@ def summary_table(status: BatchStatus, elapsed: float | None = None) -> Table:
         table.add_row("elapsed", f"{elapsed:.1f} s ({status.ended / elapsed:.1f} jobs/s)")
     if status.account_block:
         table.add_row("account", plain(status.account_block.get("reason", "blocked")))
+    if status.purge_at is not None:
+        table.add_row("purged (retention)", when(status.purge_at))
     return table
+
+
+def when(epoch: float) -> str:
+    """A UTC time people read: ``2026-12-02 13:15 UTC``."""
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(epoch))
 
 
 class Stopwatch:

@@ -18,20 +18,19 @@ URL: signed URLs carry credentials in their query string.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
 
 import requests
 import urllib3
 
-from workers import netguard
+from workers import destination, netguard
+from workers.destination import Location
 from workers.errors import WanqError
 
 CHUNK_BYTES = 64 * 1024
@@ -86,7 +85,7 @@ def new_session() -> requests.Session:
 
 
 def download(
-    url: str, dest: Path, limits: DownloadLimits, session: requests.Session | None = None
+    url: str, dest: Location, limits: DownloadLimits, session: requests.Session | None = None
 ) -> tuple[int, str]:
     """Stream url into dest (via ``dest.with_suffix('.part')``, renamed atomically).
 
@@ -99,7 +98,7 @@ def download(
 
 def archive_outputs(
     outputs: list[dict[str, Any]],
-    directory: Path,
+    directory: Location,
     limits: DownloadLimits,
     session: requests.Session | None = None,
 ) -> tuple[list[dict[str, Any]], list[str]]:
@@ -125,9 +124,10 @@ def archive_outputs(
     return archived, errors
 
 
-def archive_dir(root: Path, batch_id: str, custom_id: str) -> Path:
-    """root/batch_id/custom_id, both made filesystem-safe: never outside root, never shared."""
-    return root / _safe_name(batch_id) / _safe_name(custom_id)
+def archive_dir(root: Location, batch_id: str, custom_id: str) -> Location:
+    """root/batch_id/custom_id, both made filesystem-safe: never outside root, never shared.
+    ``root`` is a local directory or an fsspec URL (``workers.destination``)."""
+    return destination.join(root, _safe_name(batch_id), _safe_name(custom_id))
 
 
 # --- outputs ---------------------------------------------------------------------------------
@@ -136,7 +136,7 @@ def archive_dir(root: Path, batch_id: str, custom_id: str) -> Path:
 def _archive_item(
     index: int,
     item: dict[str, Any],
-    directory: Path,
+    directory: Location,
     limits: DownloadLimits,
     session: requests.Session,
 ) -> dict[str, Any]:
@@ -154,30 +154,31 @@ def _archive_item(
 def _save(
     index: int,
     item: dict[str, Any],
-    directory: Path,
+    directory: Location,
     limits: DownloadLimits,
     session: requests.Session,
-) -> tuple[Path, int, str]:
+) -> tuple[Location, int, str]:
     stem = f"{index:02d}"
     if item["type"] == "text":
         text = item.get("text")
         if not isinstance(text, str):
             raise ArchiveError("text item has no text")
-        return _write_text(directory / f"{stem}.txt", text)
+        return _write_text(destination.join(directory, f"{stem}.txt"), text)
     url = item.get("url")
     if not isinstance(url, str) or not url:
         raise ArchiveError("image item has no URL")
-    return _download(url, lambda ctype: directory / f"{stem}.{_extension(ctype)}", limits, session)
+
+    def name(content_type: str) -> Location:
+        return destination.join(directory, f"{stem}.{_extension(content_type)}")
+
+    return _download(url, name, limits, session)
 
 
 def _already_archived(item: dict[str, Any]) -> bool:
     path = item.get("path")
     if not isinstance(path, str) or not isinstance(item.get("bytes"), int):
         return False
-    try:
-        return Path(path).stat().st_size == item["bytes"]
-    except OSError:
-        return False
+    return destination.size(path) == item["bytes"]
 
 
 def _extension(content_type: str) -> str:
@@ -185,7 +186,7 @@ def _extension(content_type: str) -> str:
     return EXTENSIONS.get(mime, DEFAULT_EXTENSION)
 
 
-def _write_text(path: Path, text: str) -> tuple[Path, int, str]:
+def _write_text(path: Location, text: str) -> tuple[Location, int, str]:
     data = text.encode("utf-8")
     with _atomic_file(path) as handle:
         handle.write(data)
@@ -197,10 +198,10 @@ def _write_text(path: Path, text: str) -> tuple[Path, int, str]:
 
 def _download(
     url: str,
-    dest_for: Callable[[str], Path],
+    dest_for: Callable[[str], Location],
     limits: DownloadLimits,
     session: requests.Session | None,
-) -> tuple[Path, int, str]:
+) -> tuple[Location, int, str]:
     """Fetch with retries, all within ``limits.deadline``; dest_for maps the answer's
     Content-Type to the file to write."""
     own_session = session is None
@@ -244,11 +245,11 @@ class _Deadline:
 
 def _fetch_once(
     url: str,
-    dest_for: Callable[[str], Path],
+    dest_for: Callable[[str], Location],
     limits: DownloadLimits,
     session: requests.Session,
     clock: _Deadline,
-) -> tuple[Path, int, str]:
+) -> tuple[Location, int, str]:
     response, host = _open(url, limits, session, clock)
     with response:
         _check_announced_length(response, limits.max_bytes)
@@ -323,7 +324,11 @@ def _check_announced_length(response: requests.Response, max_bytes: int) -> None
 
 
 def _stream(
-    response: requests.Response, dest: Path, limits: DownloadLimits, host: str, clock: _Deadline
+    response: requests.Response,
+    dest: Location,
+    limits: DownloadLimits,
+    host: str,
+    clock: _Deadline,
 ) -> tuple[int, str]:
     """Copy the body to dest. ``read1`` returns after one socket read, whatever arrived, so
     the deadline is looked at between reads (``iter_content`` would block until 64 KB came
@@ -355,22 +360,14 @@ def _shrink_read_timeout(raw: urllib3.BaseHTTPResponse, seconds: float) -> None:
 
 
 @contextmanager
-def _atomic_file(dest: Path) -> Iterator[Any]:
-    """Write dest.with_suffix('.part'), then rename: a reader never sees half a file."""
-    part = dest.with_suffix(".part")
+def _atomic_file(dest: Location) -> Iterator[Any]:
+    """All or nothing: a reader never sees half a file (``workers.destination``)."""
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with open(part, "wb") as handle:
+        with destination.atomic_write(dest) as handle:
             yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(part, dest)
     except OSError as exc:
-        part.unlink(missing_ok=True)
-        raise ArchiveError(f"cannot write {dest.name}: {exc.strerror or exc}") from None
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
+        name = str(dest).rsplit("/", 1)[-1]
+        raise ArchiveError(f"cannot write {name}: {exc.strerror or exc}") from None
 
 
 # --- which addresses may be fetched ----------------------------------------------------------

@@ -6,8 +6,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from workers import account
+from workers.config import Settings
 from workers.errors import CANCELLED, BatchNotFound
 from workers.names import PRIORITIES, priority_name
+from workers.retention import purge_at
 from workers.store import ALL_STATES, TERMINAL, JobStore
 
 CONTROL_WORDS = {
@@ -39,6 +41,8 @@ class BatchStatus:
     unseen: float = 0.0  # USD that possible duplicates may have cost (never in usage.cost)
     duplicates_possible: int = 0  # creates whose outcome is unknown: a remote task may exist
     price_per_image: float | None = None  # the most the provider was seen to charge
+
+    purge_at: float | None = None  # when retention removes it (None: not ended yet)
 
     @property
     def priority(self) -> str:
@@ -114,10 +118,13 @@ class BatchStatus:
             "done": self.done,
             "submitted_at": self.submitted_at,
             "finished_at": self.finished_at,
+            "purge_at": self.purge_at,
         }
 
 
-def batch_status(store: JobStore, batch_id: str) -> BatchStatus:
+def batch_status(
+    store: JobStore, batch_id: str, retention: float = Settings.retention
+) -> BatchStatus:
     raw = store.batch(batch_id)
     if not raw:
         raise BatchNotFound(detail=batch_id)
@@ -146,4 +153,5 @@ def batch_status(store: JobStore, batch_id: str) -> BatchStatus:
         unseen=micros("unseen_micros"),
         duplicates_possible=int(raw.get("duplicates_possible") or 0),
         price_per_image=micros("price_micros") if raw.get("price_micros") else None,
+        purge_at=purge_at(raw, retention),
     )

@@ -104,6 +104,9 @@ class Settings:
     webhook_secret: str = ""  # whsec_... (Standard Webhooks)
     webhook_allow_hosts: str = ""  # host[:port] or networks (10.0.0.0/8) of your own receivers
     webhook_attempts: int = 8
+    # data at scale (issue 12)
+    retention: float = 30 * 86400.0  # seconds a batch is kept after it ended (then purged)
+    max_inline_bytes: int = 1 << 30  # what one batch may add to a Redis with no maxmemory
     # logs
     log_format: str = "text"  # "json": one JSON object per line, for log shippers
 
@@ -207,6 +210,10 @@ CHECKS: dict[str, Check] = {
     "lease_ttl": _bound(0, strict=True),
     "account_probe_interval": _bound(0, strict=True),
     "archive_max_bytes": _bound(1, kind="an integer", note="bytes"),
+    "archive_deadline": _bound(0, strict=True),
+    "delivery_threads": _bound(1, kind="an integer"),
+    "retention": _bound(0, strict=True),
+    "max_inline_bytes": _bound(1, kind="an integer", note="bytes"),
     "webhook_secret": (lambda v: not v or str(v).startswith("whsec_"), "empty or whsec_..."),
     "webhook_attempts": _bound(1, kind="an integer"),
     "log_format": (lambda v: v in ("text", "json"), "text or json"),
@@ -256,14 +263,25 @@ DOCS: dict[str, str] = {
     "sweep_grace": "a step overdue by this many seconds counts as lost and is sent again",
     "lease_ttl": "seconds before another worker takes over the sweep",
     "account_probe_interval": "seconds between probes while the account is blocked (401/403)",
-    "archive_dir": "## after a job ends\nwhere finished jobs' outputs are downloaded "
-    "(empty: not downloaded)",
+    "archive_dir": "## after a job ends\nwhere finished jobs' outputs are downloaded: a directory "
+    "or an fsspec URL such as\ns3://bucket/prefix (pip install 'wanq[s3]'; AWS_* variables for "
+    "credentials/endpoint)\n(empty: not downloaded)",
+    "archive_deadline": "seconds one output's whole download may take (attempts, redirects, "
+    "every byte)",
+    "delivery_threads": "threads per worker for archives and webhooks (never the threads that "
+    "create and poll)",
     "archive_max_bytes": "largest output file downloaded, in bytes",
     "archive_allow_hosts": "host[:port] list allowed even though private/loopback (the "
     "simulator's address in the demo)",
     "archive_allow_private": "allow every private/loopback address for downloads (not recommended)",
     "webhook_secret": "Standard Webhooks secret (whsec_...) that signs batch webhooks",
     "webhook_attempts": "delivery attempts per webhook before it is recorded as failed",
+    "webhook_allow_hosts": "host[:port] or networks (10.0.0.0/8) of your own webhook receivers "
+    "allowed on private/loopback addresses",
+    "retention": "## data\nseconds a batch is kept in Redis after it ended (30 days), then the "
+    "workers purge it",
+    "max_inline_bytes": "what one batch may add to a Redis with no maxmemory (inline images and "
+    "jobs), in bytes",
     "log_format": "## logs\ntext or json: one JSON object per line with batch_id, job_id and "
     "remote_task_id\non every line about a job. Keys and request payloads are never logged.",
 }
@@ -285,7 +303,7 @@ def env_example() -> str:
                 lines.append(f"# {doc}")
         shown = str(default).lower() if isinstance(default, bool) else default
         lines.append(
-            f"# {variable(name)}={shown:g}"
+            f"# {variable(name)}={shown:.15g}"
             if isinstance(default, float)
             else f"# {variable(name)}={shown}"
         )

@@ -14,7 +14,6 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from workers import archive, keys, netguard, webhooks
@@ -127,7 +126,7 @@ def archive_job(
 ) -> dict[str, str]:
     """Download what is not archived yet; a failure is recorded, never turned into a job failure."""
     outputs = json.loads(job.get("outputs") or "[]")
-    directory = archive.archive_dir(Path(settings.archive_dir), job["batch"], job["custom_id"])
+    directory = archive.archive_dir(settings.archive_dir, job["batch"], job["custom_id"])
     saved, problems = archive.archive_outputs(outputs, directory, download_limits(settings))
     fields = {
         "outputs": json.dumps(saved),

@@ -74,6 +74,7 @@ BATCH_TOO_LARGE = "WQ106"
 BATCH_EMPTY = "WQ107"
 CUSTOM_ID_CHANGED = "WQ108"
 BATCH_INVALID = "WQ109"
+NO_ROOM = "WQ110"
 CANCELLED = "WQ200"
 BATCH_NOT_FOUND = "WQ300"
 CONFIG = "WQ301"
@@ -124,6 +125,7 @@ MESSAGES: dict[str, str] = {
     BATCH_EMPTY: "batch has no valid line: nothing would run",
     CUSTOM_ID_CHANGED: "custom_id is already in this batch with a different request",
     BATCH_INVALID: "batch file has invalid lines: nothing submitted",
+    NO_ROOM: "the batch does not fit in Redis memory; nothing was enqueued",
     CANCELLED: "job was cancelled",
     BATCH_NOT_FOUND: "no such batch",
     CONFIG: "setting not accepted",

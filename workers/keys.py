@@ -23,6 +23,8 @@ CREATE_PACE = PREFIX + "pace:create"  # string: GCRA theoretical arrival time of
 POLL_PACE = PREFIX + "pace:poll"  # string: the same for status polls
 PACE_RATE = PREFIX + "pace:rate"  # string: creations/s after 429s tightened the pace
 REPAIR_CURSOR = PREFIX + "repair"  # hash: where the sweeper's repair walk goes on (batch, offset)
+ENDED = PREFIX + "ended"  # zset batch_id -> finished at: retention purges from its oldest end
+RETENTION_CURSOR = PREFIX + "retention:cursor"  # string: rank in BATCHES the adoption walk is at
 
 # Queue names live in workers.names; these aliases keep older call sites readable.
 CREATE_QUEUE = QueueName.CREATE
@@ -66,6 +68,16 @@ def batch_parked(batch_id: str) -> str:
 def delivering(target: str) -> str:
     """String: the lock of a delivery running now (workers.delivery_threads)."""
     return f"{PREFIX}delivering:{target}"
+
+
+def batch_images(batch_id: str) -> str:
+    """Set of image hashes the batch's submission pinned (one reference each) while writing."""
+    return f"{PREFIX}batch:{batch_id}:images"
+
+
+def image(sha256: str) -> str:
+    """Hash ``data`` (the image's raw bytes) and ``refs`` (jobs and pins holding it)."""
+    return f"{PREFIX}image:{sha256}"
 
 
 def batch_of(job_id: str) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 import redis
 from redis.typing import EncodableT, FieldT
 
-from workers import keys
+from workers import images, keys
 from workers.config import Settings
 from workers.connection import connect, text, text_map, texts
 from workers.errors import STATUS_CHECK
@@ -121,12 +121,13 @@ class JobStore:
         """Enqueue one job; 1 when new, 0 when (batch, custom_id) exists."""
         return len(self.enqueue_many(batch_id, [(custom_id, json.dumps(request), line)]).new)
 
-    def enqueue_many(self, batch_id: str, jobs: Sequence[tuple[str, str, int]]) -> Enqueued:
-        """Enqueue jobs given as (custom_id, request JSON, line): which are new, in order (a
-        job whose (batch, custom_id) exists is left as it is), and which to send creates for
-        now (all new ones without an in-flight cap; with one, those given a slot). One script
-        per ENQUEUE_SLICE jobs (fewer when their requests pass ENQUEUE_SLICE_BYTES), all in
-        one pipeline."""
+    def enqueue_many(self, batch_id: str, jobs: Sequence[tuple[Any, ...]]) -> Enqueued:
+        """Enqueue jobs given as (custom_id, request JSON, line[, image keys comma-joined]):
+        which are new, in order (a job whose (batch, custom_id) exists is left as it is; a new
+        one takes a reference on each image, see ``workers.images``), and which to send
+        creates for now (all new ones without an in-flight cap; with one, those given a
+        slot). One script per ENQUEUE_SLICE jobs (fewer when their requests pass
+        ENQUEUE_SLICE_BYTES), all in one pipeline."""
         now = time.time()
         shared = [keys.batch(batch_id), keys.batch_jobs(batch_id), keys.QUEUED]
         script = self._scripts["enqueue"]
@@ -134,17 +135,20 @@ class JobStore:
         job_ids = []
         args: list[str | int | float]
         job_keys, args, size = list(shared), [batch_id, now, self.max_in_flight], 0
-        for custom_id, request, line in jobs:
+        image_keys: list[str | int | float] = []  # each job's image keys, after the jobs' ARGV
+        for custom_id, request, line, *held in jobs:
             job_id = keys.job_id(batch_id, custom_id)
             job_ids.append(job_id)
             job_keys += (keys.job(job_id), keys.payload(job_id))
             args += (job_id, custom_id, request, line)
+            image_keys.append(held[0] if held else "")
             size += len(request)
             if len(args) >= 3 + 4 * ENQUEUE_SLICE or size >= ENQUEUE_SLICE_BYTES:
-                script(keys=job_keys, args=args, client=pipe)
+                script(keys=job_keys, args=args + image_keys, client=pipe)
                 job_keys, args, size = list(shared), [batch_id, now, self.max_in_flight], 0
+                image_keys = []
         if len(args) > 3:
-            script(keys=job_keys, args=args, client=pipe)
+            script(keys=job_keys, args=args + image_keys, client=pipe)
         answers = pipe.execute()
         created = (flag for flags, _ in answers for flag in flags)
         new = [job_id for job_id, flag in zip(job_ids, created, strict=True) if flag]
@@ -230,7 +234,12 @@ class JobStore:
 
     def request(self, job_id: str) -> dict[str, Any] | None:
         raw = self.redis.get(keys.payload(job_id))
-        return json.loads(raw) if raw else None
+        try:
+            return images.resolve(self.redis, json.loads(raw)) if raw else None
+        except images.ImageMissing:  # the job ended (and let go of it) since the GET
+            if self.redis.hget(keys.job(job_id), "state") in TERMINAL:
+                return None
+            raise
 
     def batch(self, batch_id: str) -> dict[str, str]:
         return text_map(self.redis.hgetall(keys.batch(batch_id)))
@@ -328,6 +337,8 @@ class JobStore:
                 keys.batch_parked(batch_id),
                 keys.INFLIGHT,
                 keys.batch_ready(batch_id),
+                keys.payload(job_id),  # released with the job's end (unless it failed)
+                keys.ENDED,
             ],
             args=[
                 job_id,

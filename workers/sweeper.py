@@ -15,6 +15,8 @@ What it rescues:
 - callbacks owed by ended jobs and batches (archive, webhook, Celery callback);
 - (repair) a slice of non-terminal jobs per pass that sit in no set that can move them on,
   and in-flight entries of jobs that are not creating or running (see ``repair``).
+
+It also purges batches past their retention, a slice per pass (``workers.retention``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from workers import account
+from workers import account, retention
 from workers.config import Settings
 from workers.jobs import Job
 from workers.names import TERMINAL, Hold, QueueName, State, TaskName
@@ -66,6 +68,7 @@ def sweep(store: JobStore, settings: Settings, send: Sender) -> dict[str, int]:
             send(TaskName.CREATE, (job_id, seq))
             done["released"] += 1
     done["repaired"] = repair(store, now)
+    retention.sweep(store, settings.retention)  # issue 12: expired batches, a slice a pass
     if any(done.values()):
         log.info("sweep re-sent %s", done)
         for kind, n in done.items():

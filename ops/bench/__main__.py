@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ops.bench import baseline, completion, inflight, report, submission
+from ops.bench import baseline, completion, data, inflight, report, submission
 from ops.bench.cluster import Bench
 from ops.bench.params import SIZES, Params
 from workers import config
@@ -66,6 +66,8 @@ def run(params: Params, data_dir: Path, only: str | None = None) -> dict[str, An
         say(f"{params.in_flight_jobs:,} jobs held in flight on one worker process")
         held = inflight.run(bench)
         say(f"  {held.reached:,} in flight, RSS peak {held.rss_peak_mb:.0f} MB")
+        say("data at scale: shared images, submitter memory, purge")  # issue 12
+        shared = data.run(bench)
         environment = _environment(bench)
     results = report.Results(
         params=params,
@@ -77,7 +79,7 @@ def run(params: Params, data_dir: Path, only: str | None = None) -> dict[str, An
         notes=_notes(params),
         seconds=time.monotonic() - started,
     )
-    return report.build(results)
+    return report.add(report.build(results), "data", data.figures(shared), shared)
 
 
 def _environment(bench: Bench) -> dict[str, Any]:

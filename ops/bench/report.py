@@ -367,6 +367,13 @@ def build(res: Results) -> dict[str, Any]:
     }
 
 
+def add(report: dict[str, Any], name: str, figs: list[Figure], measured: Any) -> dict[str, Any]:
+    """A phase measured beside the others (its own module): its figures and measurements."""
+    report["figures"] |= {f.key: f.as_dict() for f in figs}
+    report["measurements"][name] = dataclasses.asdict(measured)
+    return report
+
+
 def _later_phases(res: Results) -> dict[str, Any]:
     assert res.naive is not None and res.held is not None
     return {

@@ -4,6 +4,7 @@
 -- KEYS[5] held zset   KEYS[6] results stream   KEYS[7] batch codes hash
 -- KEYS[8] deliveries zset (post-terminal callbacks still owed)   KEYS[9] the batch's parked zset
 -- KEYS[10] in-flight zset   KEYS[11] the batch's jobs waiting for an in-flight slot
+-- KEYS[12] (optional) the job's request payload   KEYS[13] (optional) ended batches zset
 -- ARGV[1] job_id   ARGV[2] expected seq ('' accepts any)   ARGV[3] terminal state   ARGV[4] now
 -- ARGV[5] cost in micro-USD   ARGV[6] error code ('' if none)   ARGV[7] stream max length
 -- ARGV[8] the record as JSON, for the stream   ARGV[9] in-flight cap (0 = none)
@@ -61,6 +62,21 @@ local event_id = ARGV[1] .. ':' .. (redis.call('HGET', KEYS[1], 'round') or '1')
 redis.call('HSET', KEYS[1], 'event_id', event_id)
 redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[7], '*',
   'job_id', ARGV[1], 'state', ARGV[3], 'event_id', event_id, 'record', ARGV[8])
+-- Payload release (issue 12): a succeeded or cancelled job needs its request no more, so the
+-- payload and its image references go in this same step (an image goes with its last
+-- reference). A failed job keeps both until its batch is purged: wanq retry re-runs it.
+if KEYS[12] and ARGV[3] ~= S_FAILED then
+  redis.call('DEL', KEYS[12])
+  local held = redis.call('HGET', KEYS[1], 'images')
+  if held then
+    for image in string.gmatch(held, '[^,]+') do
+      if redis.call('HINCRBY', image, 'refs', -1) <= 0 then
+        redis.call('DEL', image)
+      end
+    end
+    redis.call('HDEL', KEYS[1], 'images')
+  end
+end
 local b = redis.call('HMGET', KEYS[2], 'total', 'n:succeeded', 'n:failed', 'n:cancelled')
 local ended = tonumber(b[2] or 0) + tonumber(b[3] or 0) + tonumber(b[4] or 0)
 slot_free(ARGV[1], KEYS[2])
@@ -76,5 +92,8 @@ if tonumber(b[1] or 0) == ended and redis.call('HSETNX', KEYS[2], 'finished_at',
     redis.call('ZADD', KEYS[8], ARGV[4], 'batch:' .. redis.call('HGET', KEYS[1], 'batch'))
   end
   batch_ended = 1
+  if KEYS[13] then -- retention counts from here (issue 12)
+    redis.call('ZADD', KEYS[13], ARGV[4], redis.call('HGET', KEYS[1], 'batch'))
+  end
 end
 return {1, batch_ended, owed, admitted}
