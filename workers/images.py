@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterable, Iterator
-from importlib import resources
 from typing import Any
 
 import redis
 from redis.client import NEVER_DECODE
 
 from workers import keys
+from workers.scripts import load_script
 
 REF = "wanq-image:"  # never a user's image: validation turns every image into http(s) or data:
 IMAGE_PREFIX = keys.image("")
@@ -78,9 +78,8 @@ class ImageStore:
 
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
-        lua = resources.files("workers") / "lua"
-        self._pin = client.register_script((lua / "pin.lua").read_text())
-        self._unpin = client.register_script((lua / "unpin.lua").read_text())
+        self._pin = load_script(client, "pin")
+        self._unpin = load_script(client, "unpin")
 
     def pin(self, batch_id: str, sha256: str, data: bytes | None = None) -> bool:
         """Pin one image for the batch; False when it is not stored and ``data`` was None."""

@@ -22,13 +22,13 @@ import itertools
 import logging
 import time
 from collections.abc import Iterable
-from importlib import resources
 from typing import Any
 
 import redis
 
 from workers import images, keys
 from workers.connection import texts
+from workers.scripts import load_script
 from workers.store import JobStore
 
 log = logging.getLogger("wanq.retention")
@@ -47,10 +47,9 @@ class Purger:
 
     def __init__(self, client: redis.Redis) -> None:
         self.redis: Any = client  # decode_responses=True (workers.connection.connect)
-        lua = resources.files("workers") / "lua"
-        self._purge = client.register_script((lua / "purge.lua").read_text())
-        self._finish = client.register_script((lua / "purge_batch.lua").read_text())
-        self._unenqueue = client.register_script((lua / "unenqueue.lua").read_text())
+        self._purge = load_script(client, "purge")
+        self._finish = load_script(client, "purge_batch")
+        self._unenqueue = load_script(client, "unenqueue")
 
     def take_back(self, batch_id: str, job_ids: Iterable[str]) -> int:
         """Remove jobs a submission wrote to a batch that existed before it (an OOM stopped

@@ -11,7 +11,6 @@ import json
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 import redis
@@ -22,8 +21,9 @@ from workers.config import Settings
 from workers.connection import connect, text, text_map, texts
 from workers.errors import STATUS_CHECK
 from workers.jobs import Job
-from workers.names import ALL_STATES, TERMINAL, BatchState, Hold, State, lua_constants
+from workers.names import ALL_STATES, TERMINAL, BatchState, Hold, State
 from workers.registries import JobSet, Registries
+from workers.scripts import load_script
 
 __all__ = ["ALL_STATES", "TERMINAL", "Finish", "JobStore", "State", "Step"]
 
@@ -96,12 +96,7 @@ class JobStore:
         self.due, self.queued, self.held = sets.due, sets.queued, sets.held
         self.inflight, self.deliveries = sets.inflight, sets.deliveries
         self.parked = sets.parked
-        lua = resources.files("workers") / "lua"
-        preamble = lua_constants() + keys.lua_constants() + (lua / "lib" / "slots.lua").read_text()
-        self._scripts = {
-            name: client.register_script(preamble + (lua / f"{name}.lua").read_text())
-            for name in self.SCRIPTS
-        }
+        self._scripts = {name: load_script(client, name) for name in self.SCRIPTS}
 
     @classmethod
     def from_url(cls, url: str, max_in_flight: int = 0, always_deliver: bool = False) -> JobStore:

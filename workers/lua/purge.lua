@@ -13,14 +13,7 @@ local batch_jobs, count, job_prefix, payload_prefix = KEYS[1], tonumber(ARGV[1])
 local ids = redis.call('LRANGE', batch_jobs, 0, count - 1)
 for _, id in ipairs(ids) do
   local job = job_prefix .. id
-  local held = redis.call('HGET', job, 'images')
-  if held then
-    for image in string.gmatch(held, '[^,]+') do
-      if redis.call('HINCRBY', image, 'refs', -1) <= 0 then
-        redis.call('DEL', image)
-      end
-    end
-  end
+  job_images_release(job)
   redis.call('DEL', job, payload_prefix .. id)
   for k = 2, 7 do
     redis.call('ZREM', KEYS[k], id)

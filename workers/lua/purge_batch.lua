@@ -13,10 +13,7 @@ if redis.call('LLEN', batch_jobs) > 0 then
   return 0
 end
 for _, sha in ipairs(redis.call('SMEMBERS', pins)) do
-  local image = image_prefix .. sha
-  if redis.call('HINCRBY', image, 'refs', -1) <= 0 then
-    redis.call('DEL', image)
-  end
+  image_release(image_prefix .. sha)
 end
 redis.call('DEL', batch, codes, parked, pins, KEYS[10])
 redis.call('ZREM', KEYS[9], batch_id)

@@ -14,13 +14,9 @@ local taken = 0
 for i = 3, #ARGV do
   local id = ARGV[i]
   local job = job_prefix .. id
-  local cur = redis.call('HMGET', job, 'state', 'seq', 'images')
-  if cur[1] == 'queued' and cur[2] == '0' then
-    for image in string.gmatch(cur[3] or '', '[^,]+') do
-      if redis.call('HINCRBY', image, 'refs', -1) <= 0 then
-        redis.call('DEL', image)
-      end
-    end
+  local cur = redis.call('HMGET', job, 'state', 'seq')
+  if cur[1] == S_QUEUED and cur[2] == '0' then
+    job_images_release(job)
     redis.call('DEL', job, payload_prefix .. id)
     redis.call('ZREM', queued, id)
     redis.call('ZREM', KEYS[4], id)

@@ -7,9 +7,6 @@
 -- Returns how many pins remain.
 local pins, prefix, count = KEYS[1], ARGV[1], tonumber(ARGV[2])
 for _, sha in ipairs(redis.call('SPOP', pins, count)) do
-  local image = prefix .. sha
-  if redis.call('HINCRBY', image, 'refs', -1) <= 0 then
-    redis.call('DEL', image)
-  end
+  image_release(prefix .. sha)
 end
 return redis.call('SCARD', pins)

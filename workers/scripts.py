@@ -1,0 +1,41 @@
+"""The Lua scripts, loaded in one way: every multi-key step of wanq is one of them.
+
+Each script (``workers/lua/NAME.lua``) starts with a header naming its KEYS and ARGV and binds
+them to named locals. Before it, the loader puts the vocabularies and key names as Lua locals
+(spelled once, in Python: ``workers.names``, ``workers.keys``) and the shared functions of
+``workers/lua/lib``, so scripts share code without Redis functions (which would need loading
+into the server and versioning).
+"""
+
+from __future__ import annotations
+
+import functools
+from importlib import resources
+
+import redis
+from redis.commands.core import Script
+
+from workers import keys
+from workers.names import lua_constants
+
+LUA = resources.files("workers") / "lua"
+LUA_LIBRARY = ("slots", "images")  # workers/lua/lib: functions every script may call
+
+
+@functools.cache
+def lua_preamble() -> str:
+    """What every script starts with: the vocabularies and keys as Lua locals (one spelling,
+    in Python), then the shared functions of ``workers/lua/lib``."""
+    libraries = "".join((LUA / "lib" / f"{name}.lua").read_text() for name in LUA_LIBRARY)
+    return lua_constants() + keys.lua_constants() + libraries
+
+
+def load_script(client: redis.Redis, name: str) -> Script:
+    """``workers/lua/NAME.lua`` registered on ``client`` with the preamble; a script's
+    ``#!lua flags=...`` line (e.g. allow-oom, for scripts that only free memory) stays first."""
+    text = (LUA / f"{name}.lua").read_text()
+    shebang = ""
+    if text.startswith("#!"):
+        shebang, text = text.split("\n", 1)
+        shebang += "\n"
+    return client.register_script(shebang + lua_preamble() + text)
