@@ -31,7 +31,7 @@ from producers.cli import EXIT_INVALID, _client, _submit
 from producers.progress import Stopwatch, summary_table, watch
 from producers.submit import check_batch_id, new_batch_id
 from producers.terminal import console, out, plain
-from workers import config, connection
+from workers import config, connection, processes
 from workers import metrics as job_metrics
 from workers.errors import ConfigError
 
@@ -72,9 +72,9 @@ def local_parts(stack, settings: config.Settings, sim: bool | None, workers: int
     os.environ.update({k: v for k, v in stack.env.items() if k.startswith("WANQ_")})
     if local:
         stack.start_flower()
-        for i in range(workers):
-            stack.start_worker(f"wanq{i + 1}")
-        console.print(f"started {workers} workers; logs in {settings.data_path / 'logs'}")
+        stack.start_worker("wanq1", _processes(workers))
+        n, why = (workers, "--workers") if workers else (processes.count(settings), "one per core")
+        console.print(f"started {n} workers ({why}); logs in {settings.data_path / 'logs'}")
     return config.load()
 
 
@@ -83,6 +83,12 @@ def sim_state(settings: config.Settings) -> dict[str, str]:
     so a resumed ``wanq run`` follows the jobs that were in flight (``ops.simulator``)."""
 
     return {STATE_FILE_VARIABLE: str(settings.data_path / "simulator" / "tasks.json")}
+
+
+def _processes(workers: int) -> dict[str, str] | None:
+    """--workers N as the worker start's WANQ_WORKER_PROCESSES; 0 keeps the setting (whose
+    default, 0, is one process per core: see workers/processes.py)."""
+    return {"WANQ_WORKER_PROCESSES": str(workers)} if workers else None
 
 
 def print_flower(stack) -> None:
@@ -100,7 +106,9 @@ def print_flower(stack) -> None:
 
 
 @click.command()
-@click.option("--workers", default=2, show_default=True, help="Worker processes to start.")
+@click.option(
+    "--workers", default=0, show_default=True, help="Worker processes (0: WANQ_WORKER_PROCESSES)."
+)
 @click.option(
     "--sim", is_flag=True, help="Start the provider simulator on WANQ_PROVIDER_URL's port."
 )
@@ -126,8 +134,7 @@ def up(workers: int, sim: bool, redis_port: int, flower_port: int) -> None:
                 sim_state(settings), port=urlsplit(settings.provider_url).port or 8765
             )
         stack.start_flower(port=flower_port, persistent=True)
-        for i in range(workers):
-            stack.start_worker(f"wanq{i + 1}")
+        stack.start_worker("wanq1", _processes(workers))
         stack.wait_flower()
     except StackError as exc:
         stack.stop()
@@ -136,7 +143,7 @@ def up(workers: int, sim: bool, redis_port: int, flower_port: int) -> None:
     out.print(f"redis     {config.safe_url(stack.redis_url)}  (data in {stack.data_dir / 'redis'})")
     if sim:
         out.print(f"simulator {stack.provider_url}")
-    out.print(f"workers   {workers}  (logs in {stack.data_dir / 'logs'})")
+    out.print(f"workers   {workers or 'one per core'}  (logs in {stack.data_dir / 'logs'})")
     out.print(f"Flower    [bold]{stack.flower_url}[/]")
     if not settings.redis_url and redis_port != 6379:
         out.print(f"set WANQ_REDIS_URL={stack.redis_url} for other wanq commands")
@@ -230,7 +237,9 @@ def sim(host: str, port: int) -> None:
 @click.option("--out", "path", type=click.Path(dir_okay=False), help="Results file (JSON Lines).")
 @click.option("--batch-id")
 @click.option("--allow-invalid", is_flag=True, help="Submit the valid lines even if some are not.")
-@click.option("--workers", default=2, show_default=True, help="Worker processes to start locally.")
+@click.option(
+    "--workers", default=0, show_default=True, help="Worker processes (0: WANQ_WORKER_PROCESSES)."
+)
 @click.option(
     "--sim/--no-sim",
     default=None,
@@ -310,4 +319,12 @@ def _resume_hint(batch_id: str, file: str, path: str | None, allow_invalid: bool
         )
 
 
-COMMANDS = (run, up, down, doctor, metrics, sim)
+@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("celery_options", nargs=-1, type=click.UNPROCESSED)
+def worker(celery_options: tuple[str, ...]) -> None:
+    """Run a wanq worker on every core: WANQ_WORKER_PROCESSES processes (0, the default: one
+    per core), each `celery -A workers.app worker CELERY_OPTIONS` (e.g. -Q wanq.poll)."""
+    sys.exit(processes.main(list(celery_options)))
+
+
+COMMANDS = (run, up, down, doctor, metrics, sim, worker)

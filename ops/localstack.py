@@ -229,10 +229,7 @@ class LocalStack:
             "ops.supervise",
             sys.executable,
             "-m",
-            "celery",
-            "-A",
-            "workers.app",
-            "worker",
+            "workers.processes",  # `celery -A workers.app worker` x WANQ_WORKER_PROCESSES
             "-n",
             f"{name}@%h",
             "--loglevel",

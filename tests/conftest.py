@@ -26,6 +26,7 @@ API_KEY = "sk-wanq-test-9f8e7d6c5b4a"
 WORKER_ENV = {
     "WANQ_API_KEY": API_KEY,
     "WANQ_CONCURRENCY": "8",
+    "WANQ_WORKER_PROCESSES": "1",  # each start_worker is one process: tests count them
     "WANQ_POLL_FIRST": "0.5",
     "WANQ_BACKOFF_BASE": "0.2",
     "WANQ_BACKOFF_CAP": "1",

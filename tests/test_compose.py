@@ -151,6 +151,8 @@ def parse(words: list[str]) -> Parsed:
         ctx = main.make_context("wanq", words[1:])
         name, command, rest = _split(main, ctx, words[1:])
         sub = command.make_context(name, rest, parent=ctx)
+        if name == "worker":  # `wanq worker OPTS` runs `celery -A workers.app worker OPTS`
+            return parse(["celery", "-A", "workers.app", "worker", *sub.params["celery_options"]])
         return Parsed("wanq", name, sub.params, sub.args)
     if program == "celery":
         from celery.app.utils import find_app

@@ -87,6 +87,7 @@ class Settings:
     max_countdown: float = 300.0
     # cluster
     concurrency: int = 16
+    worker_processes: int = 0  # Celery processes per worker start (workers.processes); 0 = cores
     create_rate: float = 0.0  # creations per second across the cluster; 0 = unlimited
     poll_rate: float = 0.0  # status polls per second across the cluster; 0 = unlimited
     max_in_flight: int = 0  # remote tasks being created or run at once, cluster-wide; 0 = no cap

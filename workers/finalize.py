@@ -2,7 +2,8 @@
 
 Whoever calls ``succeed`` or ``fail`` for a job, however many times (duplicate polls,
 redelivered messages, a rescued job and its late original), the Lua ``finish`` script lets
-exactly one of them through; only that caller updates the shared latency estimate.
+exactly one of them through; only that caller adds to the learned generation times
+(workers.latency).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 import time
 from typing import Any
 
-from workers import keys, logs, metrics, schedule
+from workers import keys, latency, logs, metrics
 from workers.errors import CANCELLED, GENERATION_ERROR, JobFailure
 from workers.names import State, TaskName, batch_target
 from workers.provider import Status, cost_micros
@@ -20,8 +21,6 @@ from workers.sender import Sender
 from workers.store import Finish, JobStore
 
 log = logging.getLogger("wanq.finalize")
-
-LATENCY_FIELD = "latency_estimate"
 
 
 def public_record(job_id: str, job: dict[str, str]) -> dict[str, Any]:
@@ -74,8 +73,8 @@ def succeed_or_fail(
     else:
         failure = JobFailure(GENERATION_ERROR, "the remote task failed", remote=status.error)
         won = fail(store, job_id, seq, job, failure, send, extra=extra)
-    if won:
-        _learn_latency(store, job)
+    if won and status.state == "completed":  # a failure's time says nothing of generation
+        latency.learn(store.redis, job, time.time())
     return won
 
 
@@ -148,22 +147,6 @@ def _learn_price(store: JobStore, job_id: str, usage: dict[str, Any] | None) -> 
     micros = cost_micros(usage or {})
     if isinstance(images, int) and not isinstance(images, bool) and 0 < images <= 100 and micros:
         store.learn_price(keys.batch_of(job_id), -(-micros // images))  # rounded up
-
-
-def latency_estimate(store: JobStore) -> float | None:
-    raw = store.redis.hget(keys.STATS, LATENCY_FIELD)
-    return float(raw) if raw else None
-
-
-def _learn_latency(store: JobStore, job: dict[str, str]) -> None:
-    """Fold this job's generation time into the cluster's estimate (a lost update is harmless)."""
-    created = float(job.get("created_at") or 0)
-    if not created:
-        return
-    last_miss = float(job["last_miss_at"]) if job.get("last_miss_at") else None
-    sample = schedule.generation_sample(created, time.time(), last_miss)
-    estimate = schedule.observe(latency_estimate(store), sample)
-    store.redis.hset(keys.STATS, LATENCY_FIELD, repr(estimate))
 
 
 def _decode(raw: str | None, default: Any) -> Any:

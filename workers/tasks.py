@@ -17,9 +17,9 @@ from typing import Any
 
 from celery import Celery, Task, signals
 
-from workers import account, delivery_threads, errors, logs, pacing, schedule
+from workers import account, delivery_threads, errors, latency, logs, pacing, schedule
 from workers.errors import JobFailure
-from workers.finalize import cancel, fail, latency_estimate, succeed_or_fail
+from workers.finalize import cancel, fail, succeed_or_fail
 from workers.jobs import Job
 from workers.names import JOB_TASKS, BatchState, Hold, State, TaskName, target_batch
 from workers.pricing import worst_case_images
@@ -157,7 +157,7 @@ def _create_remote(
     if account.unblock(jobs.redis):
         log.info("the account works again: creation resumes")
     pacing.relax(jobs.redis, settings.create_rate)
-    delay = schedule.first_poll_delay(latency_estimate(jobs), settings)
+    delay = schedule.first_poll_delay(latency.estimate(jobs.redis), settings)
     now = time.time()
     running = jobs.step(
         job_id,
@@ -165,7 +165,12 @@ def _create_remote(
         (State.CREATING,),
         State.RUNNING,
         due=now + delay,
-        fields={"remote_task_id": remote_id, "created_at": now, "last_error": ""},
+        fields={
+            "remote_task_id": remote_id,
+            "created_at": now,
+            "last_error": "",
+            "poll_at": now + delay,
+        },
     )
     if running.applied:
         rt.send(TaskName.POLL, (job_id, running.seq), countdown=delay)
@@ -212,7 +217,7 @@ def poll_step(rt: Runtime, job_id: str, seq: int, *, paced: bool = False) -> str
     if job is None or job.seq != seq or job.state != State.RUNNING:
         return "stale"
     logs.bind_remote(job.remote_task_id)
-    if not paced:
+    if not paced and settings.poll_rate > 0:  # no poll rate: no pace script to run
         wait = jobs.pace(settings.poll_rate, settings.max_countdown, poll=True)
         if wait > 0:
             reserved = wait <= settings.max_countdown
@@ -231,7 +236,7 @@ def poll_step(rt: Runtime, job_id: str, seq: int, *, paced: bool = False) -> str
         status = rt.provider.status(job.remote_task_id)
     except AccountProblem as exc:
         account.block(jobs.redis, exc.http_status or 0, exc.plain(), source="status")
-        return _poll_again(rt, job, settings.max_countdown, {})
+        return _poll_again(rt, job, settings.max_countdown, {"unmeasured": 1})
     except Rejected as exc:
         failure = JobFailure(errors.STATUS_CHECK, str(exc), remote=exc.remote())
         fail(jobs, job_id, seq, job.raw, failure, rt.send)
@@ -245,7 +250,8 @@ def poll_step(rt: Runtime, job_id: str, seq: int, *, paced: bool = False) -> str
             fail(jobs, job_id, seq, job.raw, JobFailure(code, detail, remote=exc.remote()), rt.send)
             return "failed"
         delay = rt.retry.delay(misses, exc.retry_after)
-        return _poll_again(rt, job, delay, {"poll_errors": misses, "last_error": str(exc)})
+        fields = {"poll_errors": misses, "last_error": str(exc), "unmeasured": 1}
+        return _poll_again(rt, job, delay, fields)
 
     if account.status_worked(jobs.redis):  # an outage seen only by polls ends with this answer
         log.info("a status call went through: the account works again, creation resumes")
@@ -253,7 +259,8 @@ def poll_step(rt: Runtime, job_id: str, seq: int, *, paced: bool = False) -> str
         seen = {"polls": job.polls + 1, **_first_poll(job, now)}
         ended = succeed_or_fail(jobs, job_id, seq, job.raw, status, seen, rt.send)
         return "finished" if ended else "stale"
-    delay = schedule.next_poll_delay(job.polls + 1, latency_estimate(jobs), settings)
+    elapsed = now - job.created_at
+    delay = schedule.next_poll_delay(job.polls + 1, elapsed, latency.estimate(jobs.redis), settings)
     return _poll_again(rt, job, delay, {"poll_errors": 0, "last_miss_at": now})
 
 
@@ -267,7 +274,7 @@ def _poll_again(rt: Runtime, job: Job, delay: float, fields: dict[str, Any]) -> 
         State.RUNNING,
         due=now + delay,
         incr=("polls",),
-        fields={**fields, **_first_poll(job, now)},
+        fields={**fields, **_first_poll(job, now), "poll_at": now + delay},
     )
     if not step.applied:
         return "stale"

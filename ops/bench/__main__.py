@@ -4,9 +4,15 @@
 Starts redis-server, the simulator and Celery workers (ops.localstack), runs every phase
 one after the other on 127.0.0.1, and writes one report: every figure beside its target.
 
-    full   100,000 lines submitted, L = 10 s, C = 400, 1/2/4 workers, 10,000 held in flight
-    quick  5,000 lines, L = 6 s, C = 240, 1/2 workers, 500 held in flight
+    full   100,000 lines submitted, L = 10 s, C = 400 with one worker start (a process per
+           core) then 1/2/4 processes; CPU-bound L = 2 s, C = 600 over 1/2/4 processes;
+           10,000 held in flight
+    quick  5,000 lines, L = 6 s, C = 240, one per core then 1; CPU-bound over 1/2/4
+           processes (2,000 jobs); 500 held in flight
     tiny   300 lines, L = 0.5 s, C = 50, 1 worker, 100 held in flight (the smoke test's)
+
+Beside wanq's main completion run: the naive Celery design (ops.bench.naive) and the asyncio
+script a skilled user writes instead (ops.bench.asyncref), same simulator, C and L.
 
 ``--only submission`` runs the first phase alone (no worker starts) and reports its figures:
 submission rate, its ratio to the Redis ceiling and Redis memory per queued job.
@@ -28,8 +34,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ops.bench import baseline, completion, data, inflight, report, submission
-from ops.bench.cluster import Bench
+from ops.bench import (
+    baseline,
+    completion,
+    cpubound,
+    data,
+    inflight,
+    pollmodel,
+    reference,
+    report,
+    sharing,
+    submission,
+)
+from ops.bench.cluster import Bench, default_processes
 from ops.bench.params import SIZES, Params
 from workers import config
 
@@ -54,21 +71,32 @@ def run(params: Params, data_dir: Path, only: str | None = None) -> dict[str, An
                 params, sub, [], None, None, _environment(bench), [], time.monotonic() - started
             )
             return report.build(results)
-        runs = []
-        for workers in params.scaling_workers:
+        main = default_processes()
+        say(f"completion: {params.completion_jobs:,} jobs, one worker start as the README's")
+        runs = [completion.run(bench, None)]
+        say(f"  {main} process(es): {runs[0].jobs_per_s:.1f} jobs/s (C/L = {params.limit:.1f})")
+        say(f"naive design: {params.naive_jobs} jobs, {params.concurrency} threads")
+        naive = baseline.run(bench)
+        say(f"  {naive.jobs_per_s:.2f} jobs/s")
+        say(f"async reference: {params.completion_jobs:,} jobs, C = {params.cap}")
+        ref = reference.run(bench)
+        say(f"  {ref.jobs_per_s:.1f} jobs/s, {ref.cpu_s_per_1000:.2f} CPU s per 1,000")
+        for workers in (n for n in params.scaling_workers if n != main):
             say(f"completion: {params.completion_jobs:,} jobs, {workers} worker process(es)")
             runs.append(completion.run(bench, workers))
             say(f"  {runs[-1].jobs_per_s:.1f} jobs/s (C/L = {params.limit:.1f})")
-            if len(runs) == 1:
-                say(f"naive design: {params.naive_jobs} jobs, {params.concurrency} threads")
-                naive = baseline.run(bench)
-                say(f"  {naive.jobs_per_s:.2f} jobs/s")
+        cpu_runs = cpubound.run(bench, say)
         say(f"{params.in_flight_jobs:,} jobs held in flight on one worker process")
         held = inflight.run(bench)
         say(f"  {held.reached:,} in flight, RSS peak {held.rss_peak_mb:.0f} MB")
+        say("fair share: a 50-job batch behind a big one")
+        shares = sharing.run(bench, None)
+        first, makespan = shares.first_create_s, shares.small_makespan_s
+        say(f"  first create {first:.1f} s, makespan {makespan:.1f} s")
         say("data at scale: shared images, submitter memory, purge")  # issue 12
         shared = data.run(bench)
         environment = _environment(bench)
+    say("the polling model's trade-off curve")
     results = report.Results(
         params=params,
         submit=sub,
@@ -78,14 +106,21 @@ def run(params: Params, data_dir: Path, only: str | None = None) -> dict[str, An
         environment=environment,
         notes=_notes(params),
         seconds=time.monotonic() - started,
+        reference=ref,
+        cpu_runs=cpu_runs,
+        model=pollmodel.sweep(),
     )
-    return report.add(report.build(results), "data", data.figures(shared), shared)
+    built = report.add(report.build(results), "data", data.figures(shared), shared)
+    sharing_figures = sharing.figures(shares, runs[0], params.latency, params.cap)
+    return report.add(built, "sharing", sharing_figures, shares)
 
 
 def _environment(bench: Bench) -> dict[str, Any]:
     info = bench.redis().info("server")
     return {
         "cpus": os.cpu_count(),
+        # other work on the machine: the figures of a shared machine move with it
+        "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(),
         "redis": info.get("redis_version"),
         "platform": platform.platform(),

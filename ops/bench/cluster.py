@@ -17,7 +17,7 @@ from ops.bench import procs
 from ops.bench.params import Params
 from ops.localstack import LocalStack, Process, wait_for
 from producers.api import Wanq
-from workers import config, keys
+from workers import config, keys, processes
 
 API_KEY = "sk-wanq-bench-5e4d3c2b1a"
 SIM_SEED = "17"
@@ -74,16 +74,17 @@ class Bench:
         }
 
     def start_workers(
-        self, n: int, cap: int, extra_env: dict[str, str] | None = None
+        self, processes: int | None, cap: int, extra_env: dict[str, str] | None = None
     ) -> list[Process]:
-        started = []
+        """One worker start as the README's (workers.processes): ``processes`` Celery worker
+        processes, or None for the default, one per core. Returns once every one is ready."""
         env = {**self.worker_env(cap), **(extra_env or {})}
-        for _ in range(n):
-            self._names += 1
-            started.append(self.stack.start_worker(f"wanq{self._names}", env))
-        for worker in started:
-            self.wait_ready(worker)
-        return started
+        if processes is not None:
+            env["WANQ_WORKER_PROCESSES"] = str(processes)
+        self._names += 1
+        worker = self.stack.start_worker(f"wanq{self._names}", env)
+        self.wait_ready(worker, processes or default_processes())
+        return [worker]
 
     def start_celery(self, name: str, app: str, args: list[str], env: dict[str, str]) -> Process:
         """A Celery worker of another app (the naive design), spawned like wanq's own."""
@@ -94,11 +95,11 @@ class Bench:
         self.wait_ready(process)
         return process
 
-    def wait_ready(self, process: Process) -> None:
+    def wait_ready(self, process: Process, processes: int = 1) -> None:
         def ready() -> bool:
             if process.popen.poll() is not None:
                 raise RuntimeError(f"{process.name} exited; see {process.log}")
-            return "ready." in process.log.read_text(errors="replace")
+            return process.log.read_text(errors="replace").count(" ready.") >= processes
 
         wait_for(ready, f"worker {process.name}", READY_TIMEOUT)
 
@@ -182,6 +183,11 @@ class Bench:
     def service_cpu(self) -> dict[str, float]:
         """CPU of the parts that are not wanq: Redis and the simulator (shown, not counted)."""
         return {name: procs.cpu_seconds(self.pid_of(name)) for name in ("redis", "simulator")}
+
+
+def default_processes() -> int:
+    """Worker processes a start runs when WANQ_WORKER_PROCESSES is not set: one per core."""
+    return processes.count(config.Settings())
 
 
 def wait_until(check, timeout: float, interval: float = 0.25) -> bool:

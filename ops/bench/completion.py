@@ -9,6 +9,7 @@ that the cap held), and the CPU the producer and the workers spent.
 
 from __future__ import annotations
 
+import os
 import re
 import statistics
 import time
@@ -18,7 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ops.bench import submission
-from ops.bench.cluster import Bench
+from ops.bench.cluster import Bench, default_processes
+from ops.bench.params import Params
 
 FETCHERS = 4  # parallel GETs of /_sim/tasks/{id} after a run
 TASK_LINE = re.compile(
@@ -54,6 +56,7 @@ class RunResult:
     refill_p50_s: float = float("nan")
     refill_p95_s: float = float("nan")
     timeline: list[int] = field(default_factory=list)  # records per interval of L seconds
+    loadavg: float = float("nan")  # the machine's 1-min load average as the run ended
 
     @property
     def tasks_per_job(self) -> float:
@@ -72,12 +75,20 @@ class RunResult:
         return (self.producer_cpu_s + self.worker_cpu_s) / max(1, self.ended) * 1000
 
 
-def run(bench: Bench, workers: int) -> RunResult:
-    params = bench.params
+def run(
+    bench: Bench,
+    workers: int | None,
+    params: Params | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> RunResult:
+    """One batch of ``params.completion_jobs`` through a worker start of ``workers``
+    processes (None: the default, one per core); ``params`` default to the bench's."""
+    params = params or bench.params
     jobs = params.completion_jobs
     path = submission.write_batch(bench.data_dir / f"completion-{jobs}.jsonl", jobs, seed=11)
     bench.flush()
-    processes = bench.start_workers(workers, params.cap)
+    processes = bench.start_workers(workers, params.cap, extra_env)
+    workers = workers or default_processes()
     try:
         client = bench.client()
         stats0, cpu0, services0 = bench.sim_stats(), bench.cpu(processes), bench.service_cpu()
@@ -99,7 +110,7 @@ def run(bench: Bench, workers: int) -> RunResult:
         bench.stop_processes(processes)
     tasks = _tasks_run([p.log.read_text(errors="replace") for p in processes])
     ended = [r for r in records if r.get("completed_at")]
-    remote = _remote_tasks(bench, [r["remote_task_id"] for r in records if r.get("remote_task_id")])
+    remote = remote_tasks(bench, [r["remote_task_id"] for r in records if r.get("remote_task_id")])
     lags = [
         float(r["completed_at"]) - remote[r["remote_task_id"]]["completes_at"]
         for r in ended
@@ -123,18 +134,19 @@ def run(bench: Bench, workers: int) -> RunResult:
         steady_jobs_per_s=_steady_rate(done_times),
         limit_per_s=params.limit,
         polls_per_job=(stats1["status_calls"] - stats0["status_calls"]) / max(1, len(ended)),
-        lag_p50_s=_quantile(lags, 0.50),
-        lag_p95_s=_quantile(lags, 0.95),
+        lag_p50_s=quantile(lags, 0.50),
+        lag_p95_s=quantile(lags, 0.95),
         lag_max_s=max(lags, default=float("nan")),
-        peak_in_flight=_peak(remote.values()),
+        peak_in_flight=peak(remote.values()),
         producer_cpu_s=producer_cpu,
         worker_cpu_s=worker_cpu,
         service_cpu_s={k: services1[k] - services0[k] for k in services1},
         tasks=tasks,
         slots=_slot_shares(ended, remote, params.cap * makespan),
-        refill_p50_s=_quantile(refills, 0.50),
-        refill_p95_s=_quantile(refills, 0.95),
+        refill_p50_s=quantile(refills, 0.50),
+        refill_p95_s=quantile(refills, 0.95),
         timeline=timeline,
+        loadavg=os.getloadavg()[0],
     )
 
 
@@ -164,7 +176,7 @@ def _tasks_run(logs: list[str]) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def _remote_tasks(bench: Bench, task_ids: list[str]) -> dict[str, dict[str, Any]]:
+def remote_tasks(bench: Bench, task_ids: list[str]) -> dict[str, dict[str, Any]]:
     """What the simulator knows of each task: created_at and completes_at (wall clock)."""
 
     def fetch(task_id: str) -> tuple[str, dict[str, Any]]:
@@ -178,7 +190,7 @@ def _remote_tasks(bench: Bench, task_ids: list[str]) -> dict[str, dict[str, Any]
     return found
 
 
-def _peak(tasks: Any) -> int:
+def peak(tasks: Any) -> int:
     """Most remote tasks running at once: a sweep over [created_at, completes_at)."""
     events = []
     for task in tasks:
@@ -198,7 +210,7 @@ def _steady_rate(done_times: list[float]) -> float:
     return (hi - lo) / span if span > 0 else float("nan")
 
 
-def _quantile(values: list[float], q: float) -> float:
+def quantile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     if len(values) == 1:

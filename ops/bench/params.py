@@ -17,7 +17,12 @@ class Params:
     naive_jobs: int  # jobs given to the naive design
     in_flight_jobs: int  # jobs held in flight on one worker for the RSS figure
     in_flight_hold: float  # seconds they are held (one poll round at least) while sampled
-    scaling_workers: tuple[int, ...]  # worker processes per completion run; the first is main
+    scaling_workers: tuple[int, ...]  # worker processes of the provider-bound runs after the
+    # main one (which runs the default: one process per core)
+    cpu_latency: float  # the CPU-bound setting: L and C with C/L above what a process carries
+    cpu_cap: int
+    cpu_jobs: int
+    cpu_processes: tuple[int, ...]  # worker processes per CPU-bound run
 
     @property
     def mode(self) -> str:
@@ -31,7 +36,8 @@ class Params:
     def as_dict(self) -> dict[str, object]:
         shown: dict[str, object] = {"mode": self.mode, **dataclasses.asdict(self)}
         shown["scaling_workers"] = list(self.scaling_workers)
-        shown["workers"] = self.scaling_workers[0]
+        shown["cpu_processes"] = list(self.cpu_processes)
+        shown["workers"] = "one per core"
         shown["jobs"] = self.completion_jobs
         shown["limit_jobs_per_s"] = round(self.limit, 3)
         return shown
@@ -53,6 +59,10 @@ FULL = Params(
     in_flight_jobs=10_000,
     in_flight_hold=30.0,
     scaling_workers=(1, 2, 4),
+    cpu_latency=2.0,  # C/L = 300 jobs/s: several cores' worth of wanq's CPU per job
+    cpu_cap=600,
+    cpu_jobs=4_000,
+    cpu_processes=(1, 2, 4),
 )
 QUICK = dataclasses.replace(
     FULL,
@@ -63,7 +73,8 @@ QUICK = dataclasses.replace(
     completion_jobs=2_400,
     in_flight_jobs=500,
     in_flight_hold=10.0,
-    scaling_workers=(1, 2),
+    scaling_workers=(1,),
+    cpu_jobs=2_000,
 )
 TINY = dataclasses.replace(
     QUICK,
@@ -75,6 +86,10 @@ TINY = dataclasses.replace(
     naive_jobs=8,
     in_flight_jobs=100,
     in_flight_hold=2.0,
-    scaling_workers=(1,),
+    scaling_workers=(),
+    cpu_latency=0.5,
+    cpu_cap=100,
+    cpu_jobs=200,
+    cpu_processes=(1,),
 )
 SIZES = {p.size: p for p in (FULL, QUICK, TINY)}

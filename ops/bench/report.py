@@ -18,7 +18,10 @@ from ops.bench.baseline import NaiveResult
 from ops.bench.completion import RunResult
 from ops.bench.inflight import InFlightResult
 from ops.bench.params import Params
+from ops.bench.pollmodel import Point
+from ops.bench.reference import ReferenceResult
 from ops.bench.submission import SubmitResult
+from workers import schedule
 from workers.config import Settings
 
 POLL_CAP = Settings().poll_max_interval  # the default, which the in-flight phase runs on
@@ -28,6 +31,8 @@ REQUIRED = (
     "submit_vs_redis_ceiling",
     "completion_vs_limit",
     "vs_naive",
+    "vs_async_reference_throughput",
+    "cpu_vs_async_reference",
     "polls_per_job",
     "lag_p50_vs_latency",
     "redis_bytes_per_queued_job",
@@ -82,10 +87,14 @@ class Results:
     environment: dict[str, Any]
     notes: list[str]
     seconds: float
+    reference: ReferenceResult | None = None  # the asyncio script beside the main run
+    cpu_runs: list[RunResult] = dataclasses.field(default_factory=list)  # CPU-bound scaling
+    model: list[Point] = dataclasses.field(default_factory=list)  # the polling trade-off
 
     @property
     def complete(self) -> bool:
-        return bool(self.runs) and self.naive is not None and self.held is not None
+        parts = (self.naive, self.held, self.reference)
+        return bool(self.runs) and all(part is not None for part in parts)
 
 
 def figure(
@@ -109,10 +118,12 @@ def figures(res: Results) -> list[Figure]:
     return [
         *_submission(res.submit),
         *_completion(res),
+        *_reference(res),
         *_polling(res),
         _queued_memory(res.submit),
         *_cost(res),
         _scaling(res),
+        *_cpu_scaling(res),
     ]
 
 
@@ -224,16 +235,26 @@ def _completion(res: Results) -> list[Figure]:
 
 def _polling(res: Results) -> list[Figure]:
     p, main = res.params, res.runs[0]
+    shape = schedule.SHAPE
+    model = next((m for m in res.model if m.shape == shape), None)
+    said = (
+        f"a model of the schedule alone (python -m ops.bench.pollmodel) gives "
+        f"{model.polls_per_job:.2f} polls at a p50 lag of {model.lag_p50:.3f} L, p95 "
+        f"{model.lag_p95:.3f} L"
+        if model
+        else "see python -m ops.bench.pollmodel"
+    )
     return [
         figure(
             "polls_per_job",
             "Polls per job (simulator status calls / jobs)",
             main.polls_per_job,
             "polls",
-            ("<=", 4),
-            "the schedule: first poll at 0.9 x the learned generation time, then 0.08 x it "
-            "growing 1.25x; with L jittered +-25 % most jobs need 2-4 polls (a model of the "
-            "schedule alone gives 2.7); fewer polls would mean more lag",
+            ("<=", 2.0),
+            f"the schedule (workers/schedule.py): the first poll at the learned "
+            f"{shape.first_quantile:.2f} quantile of generation times (so about that share is "
+            f"seen at one poll), then every {shape.spacing:.2f} x the learned median; "
+            f"{said}. Fewer polls cost lag: the curve is under 'The polling trade-off'",
             f"{main.polls_per_job * main.ended:,.0f} status calls for {main.ended:,} jobs",
         ),
         figure(
@@ -242,12 +263,54 @@ def _polling(res: Results) -> list[Figure]:
             main.lag_p50_s / p.latency,
             "ratio",
             ("<", 0.10),
-            "a job done before its first poll waits for it (the first poll is aimed at 0.9 L), "
-            "one done later waits for the next (0.08 x L, growing 1.25x); polls wait in the "
-            "queue while the worker is busy. A model of the schedule alone gives 0.06 L",
+            "a job done before its first poll waits for it (the lower half of generation "
+            f"times waits up to {shape.first_quantile:.2f} of the spread), one done later "
+            f"waits at most one spacing ({shape.spacing:.2f} x the median); polls also wait "
+            "in the queue while the worker is busy",
             f"p50 {main.lag_p50_s:.3f} s, p95 {main.lag_p95_s:.3f} s "
             f"({main.lag_p95_s / p.latency:.0%} of L), max {main.lag_max_s:.3f} s; "
             f"L = {_num(p.latency)} s",
+        ),
+    ]
+
+
+def _reference(res: Results) -> list[Figure]:
+    p, main, ref = res.params, res.runs[0], res.reference
+    assert ref is not None
+    ratio = main.cpu_s_per_1000 / ref.cpu_s_per_1000 if ref.cpu_s else float("nan")
+    return [
+        figure(
+            "vs_async_reference_throughput",
+            "wanq / a skilled user's asyncio script: makespan throughput, same jobs, C and L",
+            main.jobs_per_s / ref.jobs_per_s if ref.jobs_per_s else float("nan"),
+            "ratio",
+            (">=", 0.97),
+            "both hold C remote tasks at once and both end in the last round's tail; wanq "
+            "loses where a slot stands idle or in lag longer: its submission, a Celery message "
+            "and a Redis script between a slot freed and the next create, and polls that wait "
+            "in the worker's queue",
+            f"reference (ops/bench/asyncref.py: aiohttp, a semaphore of {p.cap}, first poll "
+            f"at 0.9 L then 0.08 L growing 1.25x, results appended to JSONL) {ref.ended:,} jobs "
+            f"in {ref.makespan_s:.1f} s = {ref.jobs_per_s:.1f}/s = "
+            f"{ref.jobs_per_s / p.limit:.3f} of C/L, {ref.polls_per_job:.2f} polls per job, "
+            f"lag p50 {ref.lag_p50_s:.3f} s / p95 {ref.lag_p95_s:.3f} s, peak "
+            f"{ref.peak_in_flight} in flight; wanq {main.jobs_per_s:.1f}/s. The machine's "
+            f"1-min load average as each run ended: wanq {main.loadavg:.1f}, the reference "
+            f"{ref.loadavg:.1f} ({res.environment.get('cpus')} cores; other work shares them)",
+        ),
+        figure(
+            "cpu_vs_async_reference",
+            "wanq's CPU per 1,000 jobs (producer + workers) / the asyncio script's",
+            ratio,
+            "ratio",
+            ("<=", 3.0),
+            "what durability, cluster-wide limits and exactly-once results cost: per job "
+            "wanq runs Celery tasks (a message each, with task events for Flower and a log "
+            "line), Lua scripts and Redis round trips that the script does not have; the HTTP "
+            "calls (one create, the polls) are the same work in both",
+            f"wanq {main.cpu_s_per_1000:.1f} CPU s per 1,000 jobs, the reference "
+            f"{ref.cpu_s_per_1000:.2f} ({ref.cpu_s:.2f} s for {ref.ended:,} jobs, one "
+            "process, event loop and aiohttp)",
         ),
     ]
 
@@ -327,28 +390,58 @@ def _cost(res: Results) -> list[Figure]:
 
 
 def _scaling(res: Results) -> Figure:
-    rates = [r.jobs_per_s for r in res.runs]
-    first, last = res.runs[0], res.runs[-1]
+    ordered = sorted(res.runs, key=lambda r: r.workers)
+    rates = [r.jobs_per_s for r in ordered]
+    first, last = ordered[0], ordered[-1]
     flatness = max(rates) / min(rates) if min(rates) > 0 else float("nan")
-    counts = ", ".join(str(r.workers) for r in res.runs)
+    counts = ", ".join(str(r.workers) for r in ordered)
     return figure(
         "scaling_flatness",
-        f"Scaling: best / worst throughput over {counts} worker processes",
+        f"Provider-bound scaling: best / worst throughput over {counts} worker processes",
         flatness,
         "ratio",
         ("<=", FLAT, "throughput follows C/L, not the worker count"),
-        f"flat when the provider limit bounds throughput, rising with workers while they are "
-        f"CPU-bound: from {first.workers} to {last.workers} worker process(es) throughput "
-        f"moved {last.jobs_per_s / first.jobs_per_s - 1:+.0%}; the single process was busy "
-        f"{first.worker_cpu_s / first.makespan_s / first.workers:.0%} of a core, and "
+        f"flat when the provider limit bounds throughput: from {first.workers} to "
+        f"{last.workers} worker process(es) throughput moved "
+        f"{last.jobs_per_s / first.jobs_per_s - 1:+.0%}; the main run (one worker start, "
+        f"{res.runs[0].workers} process(es): one per core) had its processes busy "
+        f"{res.runs[0].worker_cpu_s / res.runs[0].makespan_s:.2f} cores, and "
         f"{res.environment.get('cpus')} cores are shared with Redis, the simulator and the "
         "producer",
-        "; ".join(
-            f"{r.workers} worker(s) {r.jobs_per_s:.1f} jobs/s = {r.vs_limit:.0%} of C/L, "
-            f"workers busy {r.worker_cpu_s / r.makespan_s:.2f} cores, a freed slot claimed "
-            f"again after p50 {r.refill_p50_s:.2f} s, peak {r.peak_in_flight} in flight"
-            for r in res.runs
-        ),
+        _per_run(ordered),
+    )
+
+
+def _cpu_scaling(res: Results) -> list[Figure]:
+    if len(res.cpu_runs) < 2:
+        return []
+    p, ordered = res.params, sorted(res.cpu_runs, key=lambda r: r.workers)
+    first, best = ordered[0], max(ordered, key=lambda r: r.jobs_per_s)
+    return [
+        figure(
+            "cpu_bound_scaling",
+            f"CPU-bound scaling: best / 1-process throughput at C/L = "
+            f"{p.cpu_cap}/{_num(p.cpu_latency)} s = {p.cpu_cap / p.cpu_latency:.0f} jobs/s",
+            best.jobs_per_s / first.jobs_per_s if first.jobs_per_s else float("nan"),
+            "ratio",
+            (">=", 1.3, "more processes carry more once the CPU bounds"),
+            f"one process is one GIL: it carries about {first.jobs_per_s:.0f} jobs/s at "
+            f"{first.cpu_s_per_1000:.1f} CPU s per 1,000 jobs; more processes add what the "
+            f"cores left them: {res.environment.get('cpus')} cores here, shared with Redis "
+            f"(it spent {first.service_cpu_s.get('redis', 0) / first.makespan_s:.2f} cores in "
+            "the 1-process run), the simulator and the producer",
+            _per_run(ordered),
+        )
+    ]
+
+
+def _per_run(runs: list[RunResult]) -> str:
+    return "; ".join(
+        f"{r.workers} process(es) {r.jobs_per_s:.1f} jobs/s = {r.vs_limit:.0%} of C/L, "
+        f"workers busy {r.worker_cpu_s / r.makespan_s:.2f} cores, "
+        f"{r.cpu_s_per_1000:.1f} CPU s per 1,000 jobs, a freed slot claimed again after "
+        f"p50 {r.refill_p50_s:.2f} s, peak {r.peak_in_flight} in flight"
+        for r in runs
     )
 
 
@@ -375,7 +468,7 @@ def add(report: dict[str, Any], name: str, figs: list[Figure], measured: Any) ->
 
 
 def _later_phases(res: Results) -> dict[str, Any]:
-    assert res.naive is not None and res.held is not None
+    assert res.naive is not None and res.held is not None and res.reference is not None
     return {
         "completion": [
             {
@@ -385,7 +478,25 @@ def _later_phases(res: Results) -> dict[str, Any]:
             }
             for r in res.runs
         ],
+        "cpu_bound": [
+            {**dataclasses.asdict(r), "vs_limit": r.vs_limit, "cpu_s_per_1000": r.cpu_s_per_1000}
+            for r in res.cpu_runs
+        ],
         "naive": dataclasses.asdict(res.naive),
+        "async_reference": {
+            **dataclasses.asdict(res.reference),
+            "cpu_s_per_1000": res.reference.cpu_s_per_1000,
+        },
+        "poll_model": [
+            {
+                **dataclasses.asdict(m.shape),
+                "polls_per_job": m.polls_per_job,
+                "lag_p50": m.lag_p50,
+                "lag_p95": m.lag_p95,
+                "first_share": m.first_share,
+            }
+            for m in res.model
+        ],
         "in_flight": {
             **dataclasses.asdict(res.held),
             "rss_per_job_kb": res.held.rss_per_job_kb,
@@ -401,11 +512,13 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"L = {_num(p['latency'])} s (+-25 % jitter), C = {p['cap']} "
         f"(WANQ_MAX_IN_FLIGHT), C/L = {p['limit_jobs_per_s']:.1f} jobs/s, "
-        f"{p['concurrency']} threads per worker process, {p['workers']} worker process for the "
-        f"main run and the naive one; {p['completion_jobs']:,} jobs per completion run, "
+        f"{p['concurrency']} threads per worker process; the main run is one worker start as "
+        "the README's (one process per core), the naive design one process; "
+        f"{p['completion_jobs']:,} jobs per completion run, "
         f"{p['submit_lines']:,} lines submitted, {p['naive_jobs']} naive jobs, "
         f"{p['in_flight_jobs']:,} held in flight. One run, {report['seconds']:.0f} s, on "
-        f"{report['environment'].get('cpus')} cores.",
+        f"{report['environment'].get('cpus')} cores (load average at the end, 1/5/15 min: "
+        f"{report['environment'].get('loadavg_1_5_15')}).",
         "",
         "| figure | value | target | met |",
         "|---|---:|---|:---:|",
@@ -418,6 +531,24 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"- `{key}`: {fig['bound']}.")
         if fig["detail"]:
             lines.append(f"  Measured: {fig['detail']}.")
+    model = report["measurements"].get("poll_model") or []
+    if model:
+        lines += ["", "## The polling trade-off (model)", ""]
+        lines += [
+            "python -m ops.bench.pollmodel: workers/schedule.py's own functions on simulated "
+            "jobs (generation times L x uniform(0.75, 1.25), learning through the window as "
+            "the workers do). The default shape is marked.",
+            "",
+            "| first poll at quantile | spacing x median | polls/job | lag p50 / L | lag p95 / L |",
+            "|---:|---:|---:|---:|---:|",
+        ]
+        default = dataclasses.asdict(schedule.SHAPE)
+        for m in model:
+            mark = " (default)" if all(m[k] == v for k, v in default.items()) else ""
+            lines.append(
+                f"| {m['first_quantile']:.2f}{mark} | {m['spacing']:.2f} | "
+                f"{m['polls_per_job']:.2f} | {m['lag_p50']:.3f} | {m['lag_p95']:.3f} |"
+            )
     missed = [key for key, fig in figs.items() if not fig["met"]]
     lines += ["", "## Targets missed", ""]
     lines += [f"- `{key}`" for key in missed] or ["- none"]

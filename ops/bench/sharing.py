@@ -17,8 +17,9 @@ import math
 import time
 from dataclasses import dataclass
 
-from ops.bench import submission
+from ops.bench import report, submission
 from ops.bench.cluster import Bench, wait_until
+from ops.bench.completion import RunResult
 from workers import keys
 
 SMALL_JOBS = 50
@@ -45,7 +46,7 @@ def predicted_makespan(jobs: int, cap: int, latency: float) -> float:
     return jobs / (cap / latency) + math.ceil(jobs / share) * latency
 
 
-def run(bench: Bench, workers: int) -> SharingResult:
+def run(bench: Bench, workers: int | None) -> SharingResult:
     params = bench.params
     big_jobs = BIG_JOBS[params.mode] if params.size != "tiny" else 4 * params.cap
     big_path = submission.write_batch(bench.data_dir / f"sharing-big-{big_jobs}.jsonl", big_jobs)
@@ -85,3 +86,54 @@ def run(bench: Bench, workers: int) -> SharingResult:
 def _provider_in_flight(bench: Bench) -> int:
     by_state = bench.sim_stats().get("tasks_by_state", {})
     return int(by_state.get("pending", 0)) + int(by_state.get("processing", 0))
+
+
+def figures(res: SharingResult, main: RunResult, latency: float, cap: int) -> list[report.Figure]:
+    """The sharing phase's figures, and the main completion run's counts of tasks per job."""
+    creates = sum(n for name, n in main.tasks.items() if name.startswith("wanq.create"))
+    wasted = sum(
+        n for name, n in main.tasks.items() if name in ("wanq.create:full", "wanq.create:pricing")
+    )
+    return [
+        report.figure(
+            "fair_share_first_create_s",
+            "Fair share: a 50-job batch behind a big one, to its first remote task",
+            res.first_create_s,
+            "s",
+            ("<=", 1.5 * latency, "1.5 L"),
+            "the next freed slot: ending a job gives its slot to the batch furthest below its "
+            "share in the same script (lua/lib/slots.lua)",
+            f"big batch {res.big_jobs:,} jobs holding all {cap} slots; L = {latency:g} s",
+        ),
+        report.figure(
+            "fair_share_small_batch_makespan_vs_share",
+            "Fair share: the small batch's makespan over what C/2 slots predict",
+            res.makespan_vs_share,
+            "x",
+            ("<=", 1.5),
+            "slots freeing at C/L while the big batch holds them, then its rounds of L",
+            f"{res.small_makespan_s:.1f} s against {res.predicted_s:.1f} s predicted; the big "
+            f"batch had ended {res.big_ended_when_small_done:,} jobs meanwhile; peak "
+            f"{res.peak_provider_in_flight} remote tasks in flight (cap {cap})",
+            also=res.peak_provider_in_flight <= cap,
+        ),
+        report.figure(
+            "wasted_creates_per_job",
+            "Create tasks that found no slot, per job (main completion run)",
+            wasted / max(1, main.ended),
+            "per job",
+            ("<=", 0.05),
+            "admission in Redis: only a job given a slot gets a create message; a create "
+            "finds no slot only after a redelivery or a sweeper resend",
+            f"{wasted} of {creates} create tasks; {main.ended:,} jobs",
+        ),
+        report.figure(
+            "tasks_per_job",
+            "Celery tasks per job (main completion run)",
+            main.tasks_per_job,
+            "tasks",
+            ("<=", 3.3),
+            "a create, the polls (polls_per_job), stale duplicates; no create that parks",
+            ", ".join(f"{name} {n:,}" for name, n in sorted(main.tasks.items())),
+        ),
+    ]
