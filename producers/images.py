@@ -22,17 +22,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from io import BytesIO
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import requests
 from PIL import Image
 
+from producers.options import ValidationOptions
 from workers import errors
 from workers.errors import ValidationError
-
-if TYPE_CHECKING:
-    from producers.validation import ValidationOptions
 
 MAX_BYTES = 10 * 1024 * 1024
 MIN_SIDE = 384

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import copy
 import re
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from producers.images import check_image, describe, json_type
+from producers.options import DEFAULT_OPTIONS, ValidationOptions
 from workers import errors
 from workers.errors import ValidationError
 
@@ -33,19 +32,6 @@ MAX_ASPECT = 4  # the long side may be at most 4 times the short side
 
 CONTENT = "input.messages[0].content"
 _DIGITS = re.compile(r"[0-9]+")
-
-
-@dataclass(frozen=True)
-class ValidationOptions:
-    """How lenient and how expensive validation is; the defaults never touch the network."""
-
-    base_dir: Path | None = None  # where relative local image paths are resolved
-    truncate: bool = False  # over-long text/negative_prompt are truncated instead of refused
-    probe_urls: bool = False  # HEAD/GET http(s) image URLs (5 s timeout) -> WQ016 on failure
-    check_images: bool = True  # False: skip decoding images (form checks still apply)
-
-
-DEFAULT_OPTIONS = ValidationOptions()
 
 
 def validate_request(body: object, options: ValidationOptions = DEFAULT_OPTIONS) -> dict:
