@@ -187,11 +187,12 @@ def test_a_balance_block_from_creation_is_not_lifted_by_a_status_call(redis_url)
 
     client = redis_py.Redis.from_url(redis_url, decode_responses=True)
     account.block(client, 403, "insufficient balance")
-    assert account.status_worked(client) is False
+    assert account.status_worked(client, account.blocked(client)) is False
     assert account.blocked(client)["http_status"] == "403"
     account.block(client, 401, "key refused")  # a key a status call just used is fine
-    assert account.status_worked(client) is True
+    assert account.status_worked(client, account.blocked(client)) is True
     assert not account.blocked(client)
+    assert account.status_worked(client, {}) is False, "no block read: nothing to lift"
 
 
 def test_a_webhook_to_loopback_is_refused_and_recorded_without_the_allow_list(make_cluster, canary):

@@ -39,13 +39,13 @@ def unblock(client: redis.Redis) -> bool:
     return bool(client.delete(keys.ACCOUNT))
 
 
-def status_worked(client: redis.Redis) -> bool:
+def status_worked(client: redis.Redis, block: dict[str, str]) -> bool:
     """A status call went through: lift a block it disproves (see the module docstring).
+    ``block`` is the account's block as read before the call (no block: no Redis call).
     True when this call lifted one."""
-    seen = client.hmget(keys.ACCOUNT, "http_status", "source")
-    if seen[0] is None:
+    if not block:
         return False
-    if seen[0] == "401" or seen[1] == "status":
+    if block.get("http_status") == "401" or block.get("source") == "status":
         return unblock(client)
     return False
 

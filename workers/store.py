@@ -59,6 +59,17 @@ class Enqueued:
 
 
 @dataclass(frozen=True)
+class View:
+    """What a task reads before it acts, in one round trip: the job, its batch's control
+    state, the account's block (empty when none) and whether 429s tightened the pace."""
+
+    job: Job | None
+    batch_state: str
+    account: dict[str, str]
+    pace_tightened: bool
+
+
+@dataclass(frozen=True)
 class Step:
     """The answer of a compare-and-set step: did it apply, and where the job is now."""
 
@@ -190,6 +201,20 @@ class JobStore:
 
     def job_record(self, job_id: str) -> Job | None:
         return Job.parse(job_id, self.job(job_id))
+
+    def view(self, job_id: str) -> View:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(keys.job(job_id))
+        pipe.hget(keys.batch(keys.batch_of(job_id)), "state")
+        pipe.hgetall(keys.ACCOUNT)
+        pipe.exists(keys.PACE_RATE)
+        raw, batch_state, block, tightened = pipe.execute()
+        return View(
+            Job.parse(job_id, text_map(raw)),
+            text(batch_state) or BatchState.ACTIVE,
+            text_map(block),
+            bool(tightened),
+        )
 
     def job_records(self, job_ids: Sequence[str]) -> list[Job | None]:
         """Several jobs in one round trip, in order (None for a job that is gone)."""

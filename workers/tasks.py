@@ -25,6 +25,7 @@ from workers.names import JOB_TASKS, BatchState, Hold, State, TaskName, target_b
 from workers.pricing import worst_case_images
 from workers.provider import AccountProblem, Rejected, Transient
 from workers.runtime import Runtime
+from workers.store import View
 
 log = logging.getLogger("wanq.tasks")
 
@@ -69,7 +70,8 @@ def create_step(
     rt: Runtime, task: Task, job_id: str, seq: int, *, probe: bool = False, paced: bool = False
 ) -> str:
     jobs, settings = rt.store, rt.settings
-    job = jobs.job_record(job_id)
+    view = jobs.view(job_id)
+    job = view.job
     if job is None:
         return "stale"
     if job.state == State.RUNNING:
@@ -92,7 +94,7 @@ def create_step(
         return _not_claimed(rt, job, claim.previous)
     if claim.previous == State.CREATING:
         log.warning("job %s: a create died between POST and storing the ID (counted)", job_id)
-    return _create_remote(rt, task, job, claim.seq, job.attempts + 1, request)
+    return _create_remote(rt, task, view, claim.seq, job.attempts + 1, request)
 
 
 def _not_claimed(rt: Runtime, job: Job, why: str) -> str:
@@ -122,8 +124,12 @@ def _poll_if_overdue(rt: Runtime, job: Job) -> str:
 
 
 def _create_remote(
-    rt: Runtime, task: Task, job: Job, seq: int, attempts: int, request: dict[str, Any]
+    rt: Runtime, task: Task, view: View, seq: int, attempts: int, request: dict[str, Any]
 ) -> str:
+    """POST, then store the remote ID and send the first poll. ``view`` was read before the
+    claim: Redis is written for the account and the pace only when they were not clear."""
+    job = view.job
+    assert job is not None
     jobs, settings, job_id = rt.store, rt.settings, job.job_id
     try:
         remote_id = rt.provider.create(request)
@@ -154,9 +160,10 @@ def _create_remote(
 
     logs.bind_remote(remote_id)
     log.info("remote task created (attempt %d)", attempts)
-    if account.unblock(jobs.redis):
+    if view.account and account.unblock(jobs.redis):
         log.info("the account works again: creation resumes")
-    pacing.relax(jobs.redis, settings.create_rate)
+    if view.pace_tightened:
+        pacing.relax(jobs.redis, settings.create_rate)
     delay = schedule.first_poll_delay(latency.estimate(jobs.redis), settings)
     now = time.time()
     running = jobs.step(
@@ -213,7 +220,8 @@ def _retry_create(
 
 def poll_step(rt: Runtime, job_id: str, seq: int, *, paced: bool = False) -> str:
     jobs, settings = rt.store, rt.settings
-    job = jobs.job_record(job_id)
+    view = jobs.view(job_id)
+    job = view.job
     if job is None or job.seq != seq or job.state != State.RUNNING:
         return "stale"
     logs.bind_remote(job.remote_task_id)
@@ -224,7 +232,7 @@ def poll_step(rt: Runtime, job_id: str, seq: int, *, paced: bool = False) -> str
             countdown = min(wait, settings.max_countdown)
             rt.send(TaskName.POLL, (job_id, seq), kwargs={"paced": reserved}, countdown=countdown)
             return "paced"
-    if jobs.batch_state(job.batch) == BatchState.CANCELLED:
+    if view.batch_state == BatchState.CANCELLED:
         cancel(jobs, job_id, job.raw, rt.send)
         return "cancelled"
     now = time.time()
@@ -253,7 +261,7 @@ def poll_step(rt: Runtime, job_id: str, seq: int, *, paced: bool = False) -> str
         fields = {"poll_errors": misses, "last_error": str(exc), "unmeasured": 1}
         return _poll_again(rt, job, delay, fields)
 
-    if account.status_worked(jobs.redis):  # an outage seen only by polls ends with this answer
+    if account.status_worked(jobs.redis, view.account):  # an outage only polls saw ends here
         log.info("a status call went through: the account works again, creation resumes")
     if status.done:  # this poll is counted in the same atomic step that ends the job
         seen = {"polls": job.polls + 1, **_first_poll(job, now)}
