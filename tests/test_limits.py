@@ -90,3 +90,19 @@ def test_tightened_rate_paces_creations(redis_url):
     waits = [store.pace(0, horizon=5) for _ in range(3)]
     assert waits[0] == 0.0 and waits[2] == pytest.approx(1.0, abs=0.05)
     assert store.pace(0, horizon=5, poll=True) == 0.0  # polls are not tightened
+
+
+def test_creates_waiting_for_their_pace_slot_are_not_swept_as_overdue(make_cluster):
+    """WANQ_CREATE_RATE paces creates with countdowns; the sweeper must not take those for
+    lost steps and send them again (the issue saw 228 re-sends for 600 jobs)."""
+    cluster = make_cluster(
+        workers=1,
+        sim_env={"WANQ_SIM_LATENCY": "0.3"},
+        worker_env={"WANQ_CREATE_RATE": "3", "WANQ_SWEEP_GRACE": "2", "WANQ_MAX_IN_FLIGHT": "30"},
+    )
+    report = cluster.submit(jobs(24))
+    final = cluster.wait(report.batch_id, timeout=120)
+    assert final.counts["succeeded"] == 24
+    stats = cluster.redis.hgetall(keys.STATS)
+    assert int(stats.get("sweeper_overdue", 0)) == 0, stats
+    assert cluster.sim("/_sim/stats")["tasks_total"] == 24
