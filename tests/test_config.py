@@ -77,12 +77,16 @@ def test_defaults_cover_ten_second_to_ten_minute_generations():
     from workers import schedule
 
     settings = config.load({})
-    assert schedule.first_poll_delay(300.0, settings) == pytest.approx(270.0)
+
+    def learned(generation: float) -> schedule.Estimate:  # every sample the same time
+        return schedule.Estimate(first=generation, median=generation, tail=generation)
+
+    assert schedule.first_poll_delay(learned(300.0), settings) == pytest.approx(300.0)
     for generation in (10.0, 80.0, 300.0, 600.0):
-        elapsed = schedule.first_poll_delay(generation, settings)
+        elapsed = schedule.first_poll_delay(learned(generation), settings)
         polls = 1
         while elapsed < generation:
-            elapsed += schedule.next_poll_delay(polls, generation, settings)
+            elapsed += schedule.next_poll_delay(polls, elapsed, learned(generation), settings)
             polls += 1
         assert polls <= 8, (generation, polls)
         assert elapsed - generation <= max(0.2 * generation, 5.0), generation

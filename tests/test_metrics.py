@@ -355,7 +355,7 @@ def test_the_cap_is_the_clusters_and_cancellations_are_not_failures(redis_url):
     samples = collect(client, in_flight_cap=0)
     assert value(samples, "wanq_in_flight_cap") == 0  # nothing published yet: the fallback
 
-    client.hset(keys.STATS, metrics.IN_FLIGHT_CAP_FIELD, 5)
+    client.hset(keys.CLUSTER, "max_in_flight", 5)  # as every worker publishes it
     samples = collect(client, in_flight_cap=0)
     assert value(samples, "wanq_in_flight_cap") == 5
     assert label_values(samples, "wanq_failures_total", "code") == {errors.HTTP_ERROR}

@@ -206,6 +206,7 @@ CHECKS: dict[str, Check] = {
     "create_rate": _bound(0, note="0: no limit"),
     "poll_rate": _bound(0, note="0: no limit"),
     "max_in_flight": _bound(0, kind="an integer", note="0: no cap"),
+    "worker_processes": _bound(0, kind="an integer", note="0: one per core"),
     "sweep_interval": _bound(0, strict=True),
     "sweep_grace": _bound(0, strict=True),
     "lease_ttl": _bound(0, strict=True),
@@ -260,6 +261,8 @@ DOCS: dict[str, str] = {
     "create_rate": "creations per second across the whole cluster; 0 = no limit",
     "poll_rate": "status polls per second across the whole cluster; 0 = no limit",
     "max_in_flight": "remote tasks being created or run at once, cluster-wide; 0 = no cap",
+    "worker_processes": "Celery worker processes one worker start runs (wanq worker, wanq up, "
+    "wanq run); 0 = one per core",
     "sweep_interval": "seconds between sweeps (one worker sweeps, under a lease)",
     "sweep_grace": "a step overdue by this many seconds counts as lost and is sent again",
     "lease_ttl": "seconds before another worker takes over the sweep",
