@@ -10,6 +10,8 @@ Why these settings:
 - Separate queues for creation, polling and deliveries (archive, webhooks); polls are read
   first, so a creation backlog never delays a poll.
 - The thread pool: every task is a short HTTP call plus a Redis script, never a wait.
+- ``broker_transport``: kombu's Redis transports with a full Redis (OOM) counted as a lost
+  connection, so a worker reconnects instead of exiting (``workers.transport``).
 
 Producers publish through ``sending_app``: the same routes and serializer, no tasks.
 """
@@ -21,14 +23,15 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 
-from workers import connection
+from workers import connection, transport
 from workers.config import Settings
 from workers.names import ROUTES, QueueName
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
-    _, sentinel_options = connection.broker(settings.broker_url)
+    broker_url, sentinel_options = connection.broker(settings.broker_url)
     return {
+        "broker_transport": transport.for_url(broker_url),
         "task_queues": [Queue(QueueName.POLL), Queue(QueueName.CREATE), Queue(QueueName.DELIVER)],
         "task_routes": {str(task): {"queue": str(queue)} for task, queue in ROUTES.items()},
         "task_default_queue": str(QueueName.CREATE),
