@@ -10,8 +10,9 @@ Why these settings:
 - Separate queues for creation, polling and deliveries (archive, webhooks); polls are read
   first, so a creation backlog never delays a poll.
 - The thread pool: every task is a short HTTP call plus a Redis script, never a wait.
-- ``broker_transport``: kombu's Redis transports with a full Redis (OOM) counted as a lost
-  connection, so a worker reconnects instead of exiting (``workers.transport``).
+- ``broker_transport`` and ``task_cls``: a full Redis (OOM) is a lost connection, not a
+  reason to exit, and a step that failed on it runs again once Redis takes writes
+  (``workers.transport``).
 
 Producers publish through ``sending_app``: the same routes and serializer, no tasks.
 """
@@ -62,6 +63,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 def sending_app(settings: Settings) -> Celery:
     """A Celery app that can send wanq's tasks (routes, serializer, events) but runs none."""
     broker_url, _ = connection.broker(settings.broker_url)
-    app = Celery("wanq", broker=broker_url, set_as_current=False)
+    app = Celery("wanq", broker=broker_url, set_as_current=False, task_cls=transport.Task)
     app.conf.update(celery_config(settings))
     return app
