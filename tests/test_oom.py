@@ -13,13 +13,15 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import kombu.exceptions
 import pytest
 import redis
 
 from ops.localstack import LocalStack, Process, wait_for
 from producers.api import Wanq
 from tests.conftest import SIM_ENV, WORKER_ENV, jobs
-from workers import config, keys
+from workers import config, keys, transport
+from workers.celeryconf import sending_app
 
 JOBS = 40
 MAXMEMORY = 30_000_000
@@ -103,3 +105,34 @@ def test_plain_worker_rides_out_a_full_redis_and_the_batch_completes(tmp_path):
         assert Counter(rec["state"] for rec in records) == {"succeeded": JOBS}
         entries = Counter(f["job_id"] for _, f in client.store.redis.xrange(keys.RESULTS))
         assert len(entries) == JOBS and set(entries.values()) == {1}, "each job ended once"
+
+
+@pytest.mark.parametrize(
+    ("url", "transport_class"),
+    [
+        ("redis://127.0.0.1:6379/0", "Transport"),
+        ("rediss://127.0.0.1:6380/0?ssl_cert_reqs=required", "Transport"),
+        ("sentinel://127.0.0.1:26379/0;sentinel://127.0.0.1:26380/0", "SentinelTransport"),
+        ("redis+sentinel://127.0.0.1:26379,127.0.0.1:26380/mymaster/0", "SentinelTransport"),
+    ],
+)
+def test_every_redis_url_gets_a_transport_that_counts_oom_as_a_lost_connection(
+    url, transport_class
+):
+    settings = config.load({**WORKER_ENV, "WANQ_REDIS_URL": url})
+    conn = sending_app(settings).connection_for_write()
+    assert conn.transport_cls == f"workers.transport:{transport_class}"
+    assert redis.exceptions.OutOfMemoryError in conn.connection_errors
+    assert redis.exceptions.ResponseError not in conn.connection_errors  # others stay fatal
+    assert conn.transport.Channel.QoS is transport.QoS
+
+
+def test_oom_is_found_behind_kombus_wrapping():
+    try:
+        try:
+            raise redis.exceptions.OutOfMemoryError("OOM command not allowed")
+        except redis.exceptions.RedisError as exc:
+            raise kombu.exceptions.OperationalError(str(exc)) from exc
+    except kombu.exceptions.OperationalError as wrapped:
+        assert transport.is_oom(wrapped)
+    assert not transport.is_oom(redis.exceptions.ResponseError("WRONGTYPE"))
