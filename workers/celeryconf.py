@@ -10,9 +10,9 @@ Why these settings:
 - Separate queues for creation, polling and deliveries (archive, webhooks); polls are read
   first, so a creation backlog never delays a poll.
 - The thread pool: every task is a short HTTP call plus a Redis script, never a wait.
-- ``broker_transport`` and ``task_cls``: a full Redis (OOM) is a lost connection, not a
-  reason to exit, and a step that failed on it runs again once Redis takes writes
-  (``workers.transport``).
+- ``workers.transport`` (installed for the redis/rediss/sentinel schemes, and the tasks' base
+  class): a full Redis (OOM) is a lost connection, not a reason to exit, and a step that
+  failed on it runs again once Redis takes writes.
 
 Producers publish through ``sending_app``: the same routes and serializer, no tasks.
 """
@@ -30,9 +30,8 @@ from workers.names import ROUTES, QueueName
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
-    broker_url, sentinel_options = connection.broker(settings.broker_url)
+    _, sentinel_options = connection.broker(settings.broker_url)
     return {
-        "broker_transport": transport.for_url(broker_url),
         "task_queues": [Queue(QueueName.POLL), Queue(QueueName.CREATE), Queue(QueueName.DELIVER)],
         "task_routes": {str(task): {"queue": str(queue)} for task, queue in ROUTES.items()},
         "task_default_queue": str(QueueName.CREATE),
@@ -63,6 +62,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 def sending_app(settings: Settings) -> Celery:
     """A Celery app that can send wanq's tasks (routes, serializer, events) but runs none."""
     broker_url, _ = connection.broker(settings.broker_url)
+    transport.install()
     app = Celery("wanq", broker=broker_url, set_as_current=False, task_cls=transport.Task)
     app.conf.update(celery_config(settings))
     return app

@@ -9,10 +9,8 @@ an OOM in the consumer's loop makes Celery reconnect with its retry loop until R
 writes again. A refused ack is the QoS's below: the message is sent again once Redis takes
 writes (a step run twice is harmless: the seq compare-and-set).
 
-Celery names the transport with ``broker_transport`` (``for_url``, in ``celeryconf``). A
-Sentinel connection that switches to another sentinel URL reverts to kombu's own class (the
-URL's scheme wins in ``Connection.switch``); the consumer keeps the error tuple it read at
-start, so a worker still rides out the OOM.
+``install()`` (called by ``celeryconf.sending_app``) makes the URL schemes name these classes,
+and ``celeryconf`` makes ``Task`` the base of wanq's tasks.
 """
 
 from __future__ import annotations
@@ -21,8 +19,8 @@ import logging
 from typing import Any
 
 import celery
+from kombu.transport import TRANSPORT_ALIASES, _transport_cache, virtual
 from kombu.transport import redis as kombu_redis
-from kombu.transport import virtual
 from redis.exceptions import OutOfMemoryError
 
 log = logging.getLogger("wanq.transport")
@@ -156,12 +154,21 @@ class SentinelTransport(kombu_redis.SentinelTransport):
     connection_errors = (*kombu_redis.SentinelTransport.connection_errors, *OOM_ERRORS)
 
 
-def for_url(broker_url: str) -> str | None:
-    """The ``broker_transport`` for a broker URL (``connection.broker``'s form), or None to
-    leave an unknown scheme to kombu."""
-    scheme = broker_url.split("://", 1)[0].lower() if "://" in broker_url else ""
-    if scheme in ("redis", "rediss"):
-        return f"{__name__}:Transport"
-    if scheme == "sentinel":
-        return f"{__name__}:SentinelTransport"
-    return None
+SCHEMES = {
+    "redis": f"{__name__}:Transport",
+    "rediss": f"{__name__}:Transport",
+    "sentinel": f"{__name__}:SentinelTransport",
+}
+
+
+def install() -> None:
+    """Make kombu's ``redis``, ``rediss`` and ``sentinel`` schemes name these transports in
+    this process (idempotent). By scheme, not by Celery's ``broker_transport``: a class path
+    there becomes the URL's scheme in ``Connection.as_uri``, which Flower reads to find its
+    broker client and the worker's banner shows; kombu's ``rediss`` TLS default applies only
+    to that scheme; and ``Connection.switch`` (the next sentinel URL) takes the URL's scheme
+    again. kombu caches the class per name: a name resolved before is resolved again."""
+    for scheme, path in SCHEMES.items():
+        if TRANSPORT_ALIASES.get(scheme) != path:
+            TRANSPORT_ALIASES[scheme] = path
+            _transport_cache.pop(scheme, None)
