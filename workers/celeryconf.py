@@ -10,6 +10,9 @@ Why these settings:
 - Separate queues for creation, polling and deliveries (archive, webhooks); polls are read
   first, so a creation backlog never delays a poll.
 - The thread pool: every task is a short HTTP call plus a Redis script, never a wait.
+- ``workers.transport`` (installed for the redis/rediss/sentinel schemes, and the tasks' base
+  class): a full Redis (OOM) is a lost connection, not a reason to exit, and a step that
+  failed on it runs again once Redis takes writes.
 
 Producers publish through ``sending_app``: the same routes and serializer, no tasks.
 """
@@ -21,7 +24,7 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 
-from workers import connection
+from workers import connection, transport
 from workers.config import Settings
 from workers.names import ROUTES, QueueName
 
@@ -59,6 +62,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 def sending_app(settings: Settings) -> Celery:
     """A Celery app that can send wanq's tasks (routes, serializer, events) but runs none."""
     broker_url, _ = connection.broker(settings.broker_url)
-    app = Celery("wanq", broker=broker_url, set_as_current=False)
+    transport.install()
+    app = Celery("wanq", broker=broker_url, set_as_current=False, task_cls=transport.Task)
     app.conf.update(celery_config(settings))
     return app
