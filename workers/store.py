@@ -227,9 +227,6 @@ class JobStore:
     def job_seq(self, job_id: str) -> int:
         return int(self.redis.hget(keys.job(job_id), "seq") or 0)
 
-    def batch_state(self, batch_id: str) -> str:
-        return text(self.redis.hget(keys.batch(batch_id), "state")) or BatchState.ACTIVE
-
     def batch_ids(self) -> list[str]:
         return texts(self.redis.zrange(keys.BATCHES, 0, -1))
 
@@ -444,7 +441,7 @@ class JobStore:
         flat = self._scripts["release"](
             keys=[zset, keys.DUE], args=[count, time.time(), keys.job("")]
         )
-        return [(flat[i], int(flat[i + 1])) for i in range(0, len(flat), 2)]
+        return list(pairs(flat))
 
     def reopen(self, job_id: str, codes: tuple[str, ...] = ()) -> tuple[int, str]:
         """Re-open a failed job for another round (lua/reopen.lua): its new seq and what to
@@ -497,13 +494,20 @@ class JobStore:
     def repair(self, job: Job, now: float) -> str:
         """Put the job back where the sweeper will move it on, if it is still misplaced when
         the script looks (lua/repair.lua); what was fixed, or '' if nothing was."""
-        parked = self.parked_set(Hold(job.hold), job.batch).key if job.hold in HOLDS else ""
-        return text(
+        return self.repair_many([job], now)[0]
+
+    def repair_many(self, jobs: Sequence[Job], now: float) -> list[str]:
+        """``repair`` for several jobs in one round trip: the script itself checks each one,
+        so the caller needs no look of its own at the sets first."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job in jobs:
+            parked = self.parked_set(Hold(job.hold), job.batch).key if job.hold in HOLDS else ""
             self._scripts["repair"](
                 keys=[keys.job(job.job_id), keys.batch(job.batch), keys.DUE, keys.QUEUED, parked],
                 args=[job.job_id, now],
+                client=pipe,
             )
-        )
+        return [text(what) for what in pipe.execute()] if jobs else []
 
     def postpone(self, job_id: str, when: float) -> None:
         """A create waiting for its pace slot is not overdue: move its sweep time on."""

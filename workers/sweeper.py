@@ -28,7 +28,7 @@ from collections.abc import Callable
 from workers import account, retention
 from workers.config import Settings
 from workers.jobs import Job
-from workers.names import TERMINAL, Hold, QueueName, State, TaskName
+from workers.names import TERMINAL, QueueName, State, TaskName
 from workers.registries import JobSet
 from workers.sender import Sender
 from workers.store import JobStore
@@ -151,13 +151,14 @@ def repair(store: JobStore, now: float) -> int:
     _, job_ids = store.repair_slice(REPAIR_SLICE)
     if not job_ids:
         return fixed
-    for job_id, job in zip(job_ids, store.job_records(job_ids), strict=True):
-        if job is None or job.state in TERMINAL or not _misplaced(store, job):
-            continue
-        what = store.repair(job, now)  # checked again atomically: the job may have moved on
+    open_jobs = [
+        job for job in store.job_records(job_ids) if job is not None and job.state not in TERMINAL
+    ]
+    # one script per job, all in one round trip: lua/repair.lua checks and fixes atomically
+    for job, what in zip(open_jobs, store.repair_many(open_jobs, now), strict=True):
         if what:
             store.count(f"repaired_{what}")
-            log.warning("repair: job %s (%s) was %s; put back", job_id, job.state, what)
+            log.warning("repair: job %s (%s) was %s; put back", job.job_id, job.state, what)
             fixed += 1
     return fixed
 
@@ -187,22 +188,3 @@ def _may_hold_slot(job: Job) -> bool:
     return job.state in (State.CREATING, State.RUNNING) or (
         job.state == State.WAITING and not job.hold
     )
-
-
-def _misplaced(store: JobStore, job: Job) -> str:
-    """'' when the job sits where something will move it on, else what is wrong."""
-    job_id = job.job_id
-    due = store.due.when(job_id) is not None
-    if job.state in (State.CREATING, State.RUNNING):
-        if store.inflight.when(job_id) is None:
-            return "untracked_in_flight"
-        return "" if due else "not_due"
-    if job.state == State.QUEUED:
-        waiting = store.parked_set(Hold.SLOT, job.batch).when(job_id) is not None
-        return "" if due or waiting or store.queued.when(job_id) is not None else "not_due"
-    if job.state == State.WAITING:
-        if job.hold in Hold._value2member_map_:
-            parked = store.parked_set(Hold(job.hold), job.batch)
-            return "" if parked.when(job_id) is not None else "not_parked"
-        return "" if due else "not_due"
-    return ""

@@ -91,20 +91,22 @@ def create_step(
         job_id, seq, rt.create_window(), worst_case_images(request), settings.unit_price, probe
     )
     if not claim.applied:
-        return _not_claimed(rt, job, claim.previous)
+        return _not_claimed(rt, view, claim.previous)
     if claim.previous == State.CREATING:
         log.warning("job %s: a create died between POST and storing the ID (counted)", job_id)
     return _create_remote(rt, task, view, claim.seq, job.attempts + 1, request)
 
 
-def _not_claimed(rt: Runtime, job: Job, why: str) -> str:
+def _not_claimed(rt: Runtime, view: View, why: str) -> str:
     """Cancelled jobs end; jobs of a blocked account, a paused or over-budget batch, or over
     the in-flight cap park in Redis (not as countdown messages in a worker) until they may
     go on."""
+    job = view.job
+    assert job is not None
     if why == BatchState.CANCELLED:
         cancel(rt.store, job.job_id, job.raw, rt.send)
-    elif why == Hold.ACCOUNT:
-        block = account.blocked(rt.store.redis)
+    elif why == Hold.ACCOUNT:  # read before the claim, unless the block came since
+        block = view.account or account.blocked(rt.store.redis)
         rt.store.park(job.job_id, job.seq, Hold.ACCOUNT, block.get("reason", "account blocked"))
         return "held"
     elif why in (Hold.PAUSED, Hold.BUDGET):
