@@ -8,9 +8,14 @@ import json
 import time
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from rich.console import Console
 
+from producers.progress import summary_table
 from tests.test_batches import edit_jobs
-from workers import abandoned, config, errors, keys
+from workers import abandoned, config, errors, keys, metrics
+from workers.batches import batch_status
 from workers.provider import Rejected, Status, Transient
 from workers.retention import Purger
 from workers.store import JobStore, State
@@ -243,3 +248,35 @@ def test_the_sweeper_counts_what_the_provider_billed_for_abandoned_tasks(make_cl
     entries = cluster.redis.xrange(keys.RESULTS)
     assert len(entries) == 3, "one terminal record each"
     assert cluster.redis.hget(keys.STATS, "abandoned_settled") == "3"
+
+
+def test_status_and_metrics_show_counted_unseen_and_reserved_money_apart(store):
+    running(store)
+    abandon(store)
+    running(store, "b:k", "sim-2")  # in flight, with a budget reservation below
+    store.redis.hset(keys.batch("b"), mapping={"reserved_micros": 90_000, "cost_micros": 30_000})
+    store.redis.hset(keys.STATS, mapping={"abandoned_settled": 4, "abandoned_given_up": 1})
+    status = batch_status(store, "b")
+    assert (status.cost, status.unseen, status.reserved) == (0.03, 0.06, 0.09)
+    assert status.abandoned == 1 and status.as_dict()["abandoned_followed"] == 1
+    console = Console(record=True, width=200)
+    console.print(summary_table(status))
+    shown = console.export_text()
+    assert "$0.0300 counted" in shown and "up to $0.0600 not seen in usage" in shown
+    assert "reserved in flight" in shown and "$0.0900" in shown
+    assert "remote tasks followed for their cost" in shown
+
+    registry = CollectorRegistry()
+    registry.register(metrics.WanqCollector(store.redis))
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+        for sample in family.samples
+    }
+    batch = (("batch", "b"),)
+    assert samples[("wanq_cost_usd_total", batch)] == 0.03
+    assert samples[("wanq_unseen_usd", batch)] == 0.06
+    assert samples[("wanq_reserved_usd", batch)] == 0.09
+    assert samples[("wanq_abandoned_followed", batch)] == 1
+    assert samples[("wanq_abandoned_tasks_total", (("outcome", "settled"),))] == 4
+    assert samples[("wanq_abandoned_tasks_total", (("outcome", "given_up"),))] == 1
