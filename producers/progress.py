@@ -26,6 +26,8 @@ def counts_text(status: BatchStatus) -> str:
         f"{state} {status.counts.get(state, 0)}" for state in SHOWN if status.counts.get(state)
     ]
     text = "  ".join(parts) + f"  ${status.cost:.2f}"
+    if status.unseen:
+        text += f" (+ up to ${status.unseen:.2f} unseen)"
     if status.control != "active" and not status.done:
         text += f"  [bold yellow]{status.control.upper()}[/]"
     if status.account_block:
@@ -72,13 +74,17 @@ def summary_table(status: BatchStatus, elapsed: float | None = None) -> Table:
     for state in SHOWN:
         if status.counts.get(state):
             table.add_row(state, str(status.counts[state]))
-    table.add_row("cost (usage.cost)", f"${status.cost:.4f}")
+    table.add_row("cost (usage.cost)", f"${status.cost:.4f} counted")
+    if status.unseen or status.duplicates_possible or status.abandoned:
+        table.add_row("unseen (estimated)", f"up to ${status.unseen:.4f} not seen in usage")
     if status.duplicates_possible:
         table.add_row(
-            "possible duplicates",
-            f"{status.duplicates_possible} creates of unknown outcome, "
-            f"up to ${status.unseen:.4f} not seen in usage",
+            "possible duplicates", f"{status.duplicates_possible} creates of unknown outcome"
         )
+    if status.abandoned:
+        table.add_row("remote tasks followed for their cost", str(status.abandoned))
+    if status.reserved and status.max_cost is None:
+        table.add_row("reserved in flight", f"${status.reserved:.4f}")
     table.add_row("priority", f"{status.priority} ({status.in_flight} in flight)")
     if status.waiting_for_slot:
         table.add_row("waiting for a slot", str(status.waiting_for_slot))

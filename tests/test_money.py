@@ -115,11 +115,17 @@ def test_a_retry_follows_a_known_remote_task_instead_of_paying_again(make_cluste
     while cluster.sim("/_sim/stats")["tasks_by_state"].get("completed", 0) < 4:
         assert time.monotonic() < deadline
         time.sleep(0.1)
+    while client.status(report.batch_id).abandoned:  # the sweeper learns their cost first
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert abs(client.status(report.batch_id).cost - 4 * 0.03) < 1e-9
     assert client.retry(report.batch_id) == 4
     final = cluster.wait(report.batch_id, timeout=60)
     assert final.counts["succeeded"] == 4
     assert cluster.sim("/_sim/stats")["tasks_total"] == 4, "nothing was created twice"
-    assert abs(final.cost - 4 * 0.03) < 1e-9, "the abandoned tasks' cost is counted"
+    assert abs(final.cost - 4 * 0.03) < 1e-9, "the abandoned tasks' cost is counted, once"
+    assert final.unseen == 0 and final.abandoned == 0, "no estimate left beside the real cost"
+    assert cluster.redis.zcard(keys.ABANDONED) == 0, "re-opened jobs left the followed set"
 
 
 def test_event_ids_survive_a_replay_and_change_with_the_round(redis_url):

@@ -38,8 +38,11 @@ class BatchStatus:
     max_in_flight: int = 0  # its own cap under the cluster's (0: none)
     in_flight: int = 0  # its jobs holding an in-flight slot now
     waiting_for_slot: int = 0  # its jobs waiting in Redis for a slot (no message yet)
-    unseen: float = 0.0  # USD that possible duplicates may have cost (never in usage.cost)
+    # USD of remote tasks whose usage.cost is not (yet) seen: possible duplicates' and
+    # abandoned tasks' worst cases (workers.abandoned); apart from cost and reserved
+    unseen: float = 0.0
     duplicates_possible: int = 0  # creates whose outcome is unknown: a remote task may exist
+    abandoned: int = 0  # remote tasks of ended jobs followed for their cost now
     price_per_image: float | None = None  # the most the provider was seen to charge
 
     purge_at: float | None = None  # when retention removes it (None: not ended yet)
@@ -106,6 +109,7 @@ class BatchStatus:
             "in_flight_worst_case_usd": round(self.reserved, 6),
             "unseen_possible_usd": round(self.unseen, 6),
             "duplicates_possible": self.duplicates_possible,
+            "abandoned_followed": self.abandoned,
             "price_per_image_usd": self.price_per_image,
             "failures_by_code": self.failures,
             "account": self.account_block or None,
@@ -152,6 +156,7 @@ def batch_status(
         waiting_for_slot=store.waiting_for_slot(batch_id),
         unseen=micros("unseen_micros"),
         duplicates_possible=int(raw.get("duplicates_possible") or 0),
+        abandoned=max(0, int(raw.get("abandoned") or 0)),
         price_per_image=micros("price_micros") if raw.get("price_micros") else None,
         purge_at=purge_at(raw, retention),
     )

@@ -51,6 +51,9 @@ RESULT_PARSING = "001021096"
 HTTP_ERROR = "001021097"
 STATUS_CHECK = "001021098"
 TASK_CREATION = "001021099"
+# A job that failed with one of these while its remote task is known stopped following a task
+# that may run on and be billed: the sweeper follows it for its cost (workers.abandoned).
+STOPPED_FOLLOWING = (STATUS_CHECK, RESULT_PARSING)
 
 # --- wanq's own codes: checks the seed names without a code ---------------------------------
 MODEL = "WQ001"

@@ -26,6 +26,8 @@ PACE_RATE = PREFIX + "pace:rate"  # string: creations/s after 429s tightened the
 REPAIR_CURSOR = PREFIX + "repair"  # hash: where the sweeper's repair walk goes on (batch, offset)
 ENDED = PREFIX + "ended"  # zset batch_id -> finished at: retention purges from its oldest end
 RETENTION_CURSOR = PREFIX + "retention:cursor"  # string: rank in BATCHES the adoption walk is at
+# zset job_id -> when to ask next: ended jobs whose remote task was abandoned, followed for its cost
+ABANDONED = PREFIX + "abandoned"
 
 # Queue names live in workers.names; these aliases keep older call sites readable.
 CREATE_QUEUE = QueueName.CREATE
@@ -99,6 +101,7 @@ def lua_constants() -> str:
         "K_ACCOUNT": ACCOUNT,
         "K_READY": READY,
         "K_DUE": DUE,
+        "K_ABANDONED": ABANDONED,
         "K_ADMIT_TURN": ADMIT_TURN,
         "K_JOB_PREFIX": job(""),
         "K_BATCH_PREFIX": batch(""),

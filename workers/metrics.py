@@ -60,6 +60,8 @@ BATCH_LIMIT = 200  # batches read per scrape: the most recent ones of wanq:batch
 QUEUES = (keys.CREATE_QUEUE, keys.POLL_QUEUE, keys.DELIVER_QUEUE)
 UNACKED_KEY = "unacked"  # kombu's hash of delivered, not yet acknowledged messages
 DUPLICATE_CREATES_FIELD = "create_window_losses"  # in wanq:stats
+# in wanq:stats: abandoned remote tasks whose cost the sweeper learned, or gave up on
+ABANDONED_FIELDS = ("abandoned_settled", "abandoned_given_up")
 # in wanq:stats: the cap the workers enforce, written by the sweeper every sweep; read
 # from there so a metrics process with another environment shows the cluster's real cap
 
@@ -178,7 +180,7 @@ class WanqCollector(Collector):
         pipe.hlen(UNACKED_KEY)
         pipe.hmget(RESULT_LAG_KEY, _fields(LAG_BUCKETS))
         pipe.hmget(POLLS_KEY, _fields(POLL_BUCKETS))
-        pipe.hget(keys.STATS, DUPLICATE_CREATES_FIELD)
+        pipe.hmget(keys.STATS, [DUPLICATE_CREATES_FIELD, *ABANDONED_FIELDS])
         pipe.zcard(keys.INFLIGHT)
         pipe.zrange(keys.READY, 0, -1)
         pipe.hget(keys.CLUSTER, "max_in_flight")
@@ -188,7 +190,8 @@ class WanqCollector(Collector):
 
         n = 2 * len(batch_ids)
         per_batch, tail = answers[:n], _split(answers[n:])
-        depths, unacked, lag, polls, duplicates, in_flight, slot_waits, cap = tail
+        depths, unacked, lag, polls, counted, in_flight, slot_waits, cap = tail
+        duplicates, settled, given_up = counted
         in_flight_cap = self.in_flight_cap if cap is None else _int(cap)
 
         jobs = GaugeMetricFamily(
@@ -196,6 +199,22 @@ class WanqCollector(Collector):
         )
         cost = CounterMetricFamily(
             "wanq_cost_usd", "USD spent by a batch (sum of usage.cost).", labels=["batch"]
+        )
+        unseen = GaugeMetricFamily(
+            "wanq_unseen_usd",
+            "USD a batch may owe that no usage.cost showed (yet): worst cases of possible "
+            "duplicates and of abandoned remote tasks followed for their cost.",
+            labels=["batch"],
+        )
+        reserved = GaugeMetricFamily(
+            "wanq_reserved_usd",
+            "USD a batch's budget holds for its jobs in flight (worst cases).",
+            labels=["batch"],
+        )
+        abandoned = GaugeMetricFamily(
+            "wanq_abandoned_followed",
+            "Remote tasks of a batch's ended jobs followed for their cost by the sweeper.",
+            labels=["batch"],
         )
         failures = CounterMetricFamily(
             "wanq_failures",
@@ -214,12 +233,18 @@ class WanqCollector(Collector):
                 count = _int(fields.get(f"n:{state.value}"))
                 jobs.add_metric([batch_id, state.value], count)
             cost.add_metric([batch_id], _int(fields.get("cost_micros")) / 1_000_000)
+            unseen.add_metric([batch_id], _int(fields.get("unseen_micros")) / 1_000_000)
+            reserved.add_metric([batch_id], _int(fields.get("reserved_micros")) / 1_000_000)
+            abandoned.add_metric([batch_id], max(0, _int(fields.get("abandoned"))))
             for code, count in sorted(codes.items()):
                 if _int(count) > 0 and code != errors.CANCELLED:
                     failures.add_metric([batch_id, code], _int(count))
             cancelled.add_metric([batch_id], _int(fields.get(f"n:{State.CANCELLED.value}")))
         yield jobs
         yield cost
+        yield unseen
+        yield reserved
+        yield abandoned
         yield failures
         yield cancelled
 
@@ -265,6 +290,15 @@ class WanqCollector(Collector):
             "Remote tasks created twice: a create died between its POST and storing the ID.",
             value=_int(duplicates),
         )
+        outcomes = CounterMetricFamily(
+            "wanq_abandoned_tasks",
+            "Abandoned remote tasks the sweeper stopped following: settled (their cost "
+            "counted) or given up (their worst case stays unseen).",
+            labels=["outcome"],
+        )
+        outcomes.add_metric(["settled"], _int(settled))
+        outcomes.add_metric(["given_up"], _int(given_up))
+        yield outcomes
 
 
 def _fields(bounds: tuple[float, ...]) -> list[str]:

@@ -8,6 +8,7 @@ and the few ways wanq reads and writes it outside the Lua scripts.
     ready(b)   job -> line: a batch's jobs waiting for an in-flight slot (see lua/lib/slots.lua)
     deliveries target (job or batch:<id>) -> when its callbacks are due
     parked(b)  job -> parked at: a batch's jobs held by its pause or budget
+    abandoned  job -> when to ask next: ended jobs whose remote task is followed for its cost
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class Registries:
         self.held = JobSet(client, keys.HELD)
         self.inflight = JobSet(client, keys.INFLIGHT)
         self.deliveries = JobSet(client, keys.DELIVER)
+        self.abandoned = JobSet(client, keys.ABANDONED)
         self._client = client
 
     def parked(self, batch_id: str) -> JobSet:

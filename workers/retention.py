@@ -2,7 +2,8 @@
 
 Everything of a batch: its jobs' records and payloads (releasing the image references they
 still hold, see ``workers.images``), its job list, counters, error codes, parked set and
-submission pins, its places in the cluster sets, and its entries of the results stream.
+submission pins, its places in the cluster sets (abandoned remote tasks followed for their
+cost too: ``workers.abandoned``), and its entries of the results stream.
 
 The workers' sweeper purges expired batches in slices (``SLICE`` jobs per script call, at most
 ``SWEEP_JOBS`` per pass), oldest end first, from the ``wanq:ended`` set finish.lua fills when
@@ -89,6 +90,7 @@ class Purger:
                         keys.INFLIGHT,
                         keys.batch_ready(batch_id),
                         keys.DELIVER,
+                        keys.ABANDONED,
                     ],
                     args=[SLICE, keys.job(""), keys.payload("")],
                 )

@@ -15,11 +15,11 @@ from importlib import resources
 import redis
 from redis.commands.core import Script
 
-from workers import keys
+from workers import errors, keys
 from workers.names import lua_constants
 
 LUA = resources.files("workers") / "lua"
-LUA_LIBRARY = ("slots", "images")  # workers/lua/lib: functions every script may call
+LUA_LIBRARY = ("slots", "images", "abandoned")  # workers/lua/lib: functions every script may call
 
 
 @functools.cache
@@ -27,7 +27,13 @@ def lua_preamble() -> str:
     """What every script starts with: the vocabularies and keys as Lua locals (one spelling,
     in Python), then the shared functions of ``workers/lua/lib``."""
     libraries = "".join((LUA / "lib" / f"{name}.lua").read_text() for name in LUA_LIBRARY)
-    return lua_constants() + keys.lua_constants() + libraries
+    codes = ", ".join(f"['{code}'] = true" for code in errors.STOPPED_FOLLOWING)
+    return (
+        lua_constants()
+        + keys.lua_constants()
+        + f"local STOPPED_FOLLOWING = {{{codes}}}\n"
+        + libraries
+    )
 
 
 def load_script(client: redis.Redis, name: str) -> Script:

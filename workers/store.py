@@ -95,6 +95,7 @@ class JobStore:
         "requeue",
         "repair",
         "price",
+        "settle",
     )
 
     def __init__(
@@ -107,6 +108,7 @@ class JobStore:
         self.due, self.queued, self.held = sets.due, sets.queued, sets.held
         self.inflight, self.deliveries = sets.inflight, sets.deliveries
         self.parked = sets.parked
+        self.abandoned = sets.abandoned  # remote tasks followed for their cost (lua/settle.lua)
         self._scripts = {name: load_script(client, name) for name in self.SCRIPTS}
 
     @classmethod
@@ -538,6 +540,32 @@ class JobStore:
         pipe.hincrby(keys.batch(keys.batch_of(job_id)), "duplicates_possible", 1)
         pipe.hincrby(keys.batch(keys.batch_of(job_id)), "unseen_micros", max(0, unseen_micros))
         pipe.execute()
+
+    def settle(
+        self,
+        job_id: str,
+        task_id: str,
+        outcome: str,
+        *,
+        cost_micros: int = 0,
+        next_at: float = 0.0,
+        now: float | None = None,
+    ) -> str:
+        """What the sweeper learned about a job's abandoned remote task (lua/settle.lua):
+        ``ended`` (its cost counted), ``running`` (asked again at ``next_at``) or ``give_up``;
+        the script's answer (``settled``, ``running``, ``given_up``, ``stale``, ``absent``)."""
+        answer = self._scripts["settle"](
+            keys=[keys.job(job_id), keys.batch(keys.batch_of(job_id))],
+            args=[
+                job_id,
+                task_id,
+                outcome,
+                cost_micros,
+                repr(next_at),
+                repr(time.time() if now is None else now),
+            ],
+        )
+        return text(answer)
 
     def stats(self) -> dict[str, str]:
         return text_map(self.redis.hgetall(keys.STATS))

@@ -16,7 +16,9 @@ What it rescues:
 - (repair) a slice of non-terminal jobs per pass that sit in no set that can move them on,
   and in-flight entries of jobs that are not creating or running (see ``repair``).
 
-It also purges batches past their retention, a slice per pass (``workers.retention``).
+It also purges batches past their retention, a slice per pass (``workers.retention``), and,
+given the provider client, follows a few abandoned remote tasks for their cost
+(``workers.abandoned``).
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ import logging
 import time
 from collections.abc import Callable
 
-from workers import account, retention
+from workers import abandoned, account, retention
 from workers.config import Settings
 from workers.jobs import Job
 from workers.names import TERMINAL, QueueName, State, TaskName
+from workers.provider import ProviderClient
 from workers.registries import JobSet
 from workers.sender import Sender
 from workers.store import JobStore
@@ -39,8 +42,12 @@ CHUNK = 500  # jobs looked at per sweep and kind
 REPAIR_SLICE = 200  # jobs of the in-flight set and of one batch checked per pass
 
 
-def sweep(store: JobStore, settings: Settings, send: Sender) -> dict[str, int]:
-    """One pass; returns how many jobs of each kind it re-sent or repaired."""
+def sweep(
+    store: JobStore, settings: Settings, send: Sender, provider: ProviderClient | None = None
+) -> dict[str, int]:
+    """One pass; returns how many jobs of each kind it re-sent or repaired. With ``provider``
+    it also asks about a few abandoned remote tasks (their outcomes are counted apart:
+    ``abandoned_settled`` and ``abandoned_given_up``, by the script that records them)."""
     now = time.time()
     grace = settings.sweep_grace
     done = dict.fromkeys(
@@ -69,6 +76,10 @@ def sweep(store: JobStore, settings: Settings, send: Sender) -> dict[str, int]:
             done["released"] += 1
     done["repaired"] = repair(store, now)
     retention.sweep(store, settings.retention)  # issue 12: expired batches, a slice a pass
+    if provider is not None and len(store.abandoned):  # issue 13: their cost, at low priority
+        followed = abandoned.follow(store, settings, provider, now)
+        if any(followed.values()):
+            log.info("abandoned remote tasks asked about: %s", followed)
     if any(done.values()):
         log.info("sweep re-sent %s", done)
         for kind, n in done.items():

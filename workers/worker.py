@@ -71,7 +71,7 @@ class SweeperStep(bootsteps.StartStopStep):
             try:
                 rt.store.publish_cluster_settings()
                 if rt.store.take_lease(keys.SWEEPER_LEASE, holder, rt.settings.lease_ttl):
-                    sweeper.sweep(rt.store, rt.settings, rt.send)
+                    sweeper.sweep(rt.store, rt.settings, rt.send, rt.provider)
             except Exception:  # a sweep must never take the worker down
                 log.exception("sweep failed; retrying next interval")
 

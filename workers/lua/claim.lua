@@ -84,7 +84,8 @@ if not holds_slot then
   slot_take(job_id, batch_key, now)
 end
 local new_seq = tonumber(seq) + 1
-redis.call('HSET', job_key, 'state', S_CREATING, 'seq', new_seq, 'claimed_at', now, 'hold', '')
+redis.call('HSET', job_key, 'state', S_CREATING, 'seq', new_seq, 'claimed_at', now, 'hold', '',
+  'worst_images', worst_images, 'worst_micros', math.floor(worst_images * price))
 redis.call('HINCRBY', job_key, 'attempts', 1)
 if state ~= S_CREATING then
   redis.call('HINCRBY', batch_key, 'n:' .. state, -1)

@@ -5,6 +5,7 @@
 -- KEYS[8] deliveries zset (post-terminal callbacks still owed)   KEYS[9] the batch's parked zset
 -- KEYS[10] in-flight zset (freed through lib/slots.lua)   KEYS[11] the batch's jobs waiting for an in-flight slot
 -- KEYS[12] (optional) the job's request payload   KEYS[13] (optional) ended batches zset
+-- (K_ABANDONED: the remote tasks followed for their cost, see lib/abandoned.lua)
 -- ARGV[1] job_id   ARGV[2] expected seq ('' accepts any)   ARGV[3] terminal state   ARGV[4] now
 -- ARGV[5] cost in micro-USD   ARGV[6] error code ('' if none)   ARGV[7] stream max length
 -- ARGV[8] the record as JSON, for the stream   ARGV[9] in-flight cap (0 = none)
@@ -30,8 +31,9 @@ if not cost_arg or cost_arg < 0 or cost_arg > 1e12 or cost_arg ~= math.floor(cos
     or not tonumber(now) or not tonumber(stream_max) then
   return redis.error_reply('finish: cost, time and stream length must be bounded numbers')
 end
-local cur = redis.call('HMGET', job_key, 'state', 'seq')
-local state, seq = cur[1], cur[2]
+local cur = redis.call('HMGET', job_key, 'state', 'seq', 'remote_task_id', 'abandoned_task',
+  'abandoned_cost_micros', 'worst_images', 'worst_micros')
+local state, seq, remote = cur[1], cur[2], cur[3] or ''
 if not state or state == S_SUCCEEDED or state == S_FAILED or state == S_CANCELLED then
   return {0, 0, 0, {}}
 end
@@ -44,8 +46,14 @@ for i = FIRST_FIELD, #ARGV, 2 do
 end
 redis.call('HINCRBY', batch_key, 'n:' .. state, -1)
 redis.call('HINCRBY', batch_key, 'n:' .. final_state, 1)
-if tonumber(cost) > 0 then
-  redis.call('HINCRBY', batch_key, 'cost_micros', cost)
+-- A remote task whose cost the sweeper already learned (the job was abandoned, then re-opened
+-- to follow the same task) is not counted twice.
+local counted = cost_arg
+if remote ~= '' and cur[4] == remote and cur[5] then
+  counted = math.max(0, counted - (tonumber(cur[5]) or 0))
+end
+if counted > 0 then
+  redis.call('HINCRBY', batch_key, 'cost_micros', counted)
 end
 if error_code ~= '' then
   redis.call('HINCRBY', codes_key, error_code, 1)
@@ -58,6 +66,17 @@ local reserved = tonumber(redis.call('HGET', job_key, 'reserved_micros') or 0)
 if reserved > 0 then
   redis.call('HINCRBY', batch_key, 'reserved_micros', -reserved)
   redis.call('HSET', job_key, 'reserved_micros', 0)
+end
+-- Money spent is money counted (issue 13): a job that stops following a remote task that may
+-- run on and be billed (its status checks ran out, its answers stayed unreadable, or it was
+-- cancelled while the task ran) leaves the task to the sweeper, which learns its cost
+-- (settle.lua); until then its worst case is the batch's unseen money.
+if remote ~= '' and ((final_state == S_FAILED and STOPPED_FOLLOWING[error_code])
+    or (final_state == S_CANCELLED and state == S_RUNNING)) then
+  local price = tonumber(redis.call('HGET', batch_key, 'price_micros') or 0) or 0
+  local estimate = math.max(reserved, tonumber(cur[7] or 0) or 0,
+    (tonumber(cur[6] or 0) or 0) * price)
+  abandoned_add(job_id, job_key, batch_key, remote, now, math.floor(estimate))
 end
 local deliver = always_deliver or redis.call('HGET', batch_key, 'deliver') == '1'
 if deliver then

@@ -3,7 +3,8 @@
 -- A job that failed only because its status checks ran out (ARGV[4], 001021098) while its
 -- remote task is known is followed again, not created again: that task may have completed
 -- (and been billed) meanwhile. Any other failure starts over: queued, or waiting for an
--- in-flight slot when the cluster or the batch has a cap (lib/slots.lua).
+-- in-flight slot when the cluster or the batch has a cap (lib/slots.lua). Either way the job
+-- leaves the set of abandoned tasks the sweeper follows (lib/abandoned.lua).
 -- KEYS[1] job hash   KEYS[2] batch hash   KEYS[3] queued zset   KEYS[4] batch codes hash
 -- ARGV[1] job_id   ARGV[2] now   ARGV[3] error codes to re-open, comma-separated ('' = any)
 -- ARGV[4] the code whose jobs are followed again   ARGV[5] in-flight cap (0 = none)
@@ -35,7 +36,15 @@ if code ~= '' then
 end
 redis.call('HDEL', batch_key, 'finished_at', 'final_sent')
 
-if code == follow_code and cur[5] and cur[5] ~= '' then
+-- A task the sweeper follows for its cost (lib/abandoned.lua) is no longer its to follow. When
+-- this round polls the same task, the poll counts its cost: the estimate leaves the unseen
+-- money. When it starts over, the old task is given up: its estimate stays unseen, once.
+local follow = code == follow_code and cur[5] and cur[5] ~= ''
+if abandoned_drop(job_id, job_key, batch_key, follow) == 1 then
+  redis.call('HINCRBY', K_STATS, follow and 'abandoned_reopened' or 'abandoned_given_up', 1)
+end
+
+if follow then
   redis.call('HSET', job_key, 'state', S_RUNNING, 'seq', new_seq, 'history', cjson.encode(history),
     'error', '', 'completed_at', '', 'created_at', now, 'poll_errors', 0, 'hold', '',
     'last_error', '')
