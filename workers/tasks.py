@@ -100,7 +100,7 @@ def create_step(
         return _poll_if_overdue(rt, job)
     if job.seq != seq or job.state not in CLAIMABLE:
         return "stale"
-    if not paced:
+    if not paced and (settings.create_rate > 0 or view.pace_tightened):  # else: no pace script
         wait = jobs.pace(settings.create_rate, settings.max_countdown)
         if wait > 0:  # waiting for its pace slot is not being overdue: the sweeper must wait too
             reserved = wait <= settings.max_countdown
