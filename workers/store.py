@@ -69,6 +69,7 @@ class View:
     batch_state: str
     account: dict[str, str]
     pace_tightened: bool
+    payload: str | None = None  # the stored request, when asked for (creates)
 
 
 @dataclass(frozen=True)
@@ -207,18 +208,21 @@ class JobStore:
     def job_record(self, job_id: str) -> Job | None:
         return Job.parse(job_id, self.job(job_id))
 
-    def view(self, job_id: str) -> View:
+    def view(self, job_id: str, *, payload: bool = False) -> View:
         pipe = self.redis.pipeline(transaction=False)
         pipe.hgetall(keys.job(job_id))
         pipe.hget(keys.batch(keys.batch_of(job_id)), "state")
         pipe.hgetall(keys.ACCOUNT)
         pipe.exists(keys.PACE_RATE)
-        raw, batch_state, block, tightened = pipe.execute()
+        if payload:
+            pipe.get(keys.payload(job_id))
+        raw, batch_state, block, tightened, *stored = pipe.execute()
         return View(
             Job.parse(job_id, text_map(raw)),
             text(batch_state) or BatchState.ACTIVE,
             text_map(block),
             bool(tightened),
+            text(stored[0]) if stored and stored[0] is not None else None,
         )
 
     def job_records(self, job_ids: Sequence[str]) -> list[Job | None]:
@@ -254,8 +258,10 @@ class JobStore:
     def queue_length(self, queue: str) -> int:
         return int(self.redis.llen(queue))
 
-    def request(self, job_id: str) -> dict[str, Any] | None:
-        raw = self.redis.get(keys.payload(job_id))
+    def request(self, job_id: str, raw: str | None = None) -> dict[str, Any] | None:
+        """The job's request with its images; ``raw`` is the payload if already read."""
+        if raw is None:
+            raw = text(self.redis.get(keys.payload(job_id))) or None
         try:
             return images.resolve(self.redis, json.loads(raw)) if raw else None
         except images.ImageMissing:  # the job ended (and let go of it) since the GET

@@ -92,7 +92,7 @@ def create_step(
     rt: Runtime, task: Retrying, job_id: str, seq: int, *, probe: bool = False, paced: bool = False
 ) -> str:
     jobs, settings = rt.store, rt.settings
-    view = jobs.view(job_id)
+    view = jobs.view(job_id, payload=True)
     job = view.job
     if job is None:
         return "stale"
@@ -108,7 +108,7 @@ def create_step(
             jobs.postpone(job_id, time.time() + countdown)
             raise task.retry(kwargs={"probe": probe, "paced": reserved}, countdown=countdown)
 
-    request = jobs.request(job_id) or {}
+    request = jobs.request(job_id, view.payload) or {}
     claim = jobs.claim(
         job_id, seq, rt.create_window(), worst_case_images(request), settings.unit_price, probe
     )
