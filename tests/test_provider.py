@@ -133,3 +133,19 @@ def test_a_body_that_is_not_json_is_transient():
 def test_a_task_id_unsafe_in_a_url_path_is_not_taken(hostile):
     assert provider.find_task_id({"id": hostile}) is None
     assert provider.find_task_id({"id": hostile, "data": {"task_id": "ok-1"}}) == "ok-1"
+
+
+def test_the_provider_session_reads_proxies_and_ca_bundle_once(monkeypatch):
+    """trust_env off for speed (workers.http), with the environment's settings kept."""
+    from workers.http import new_session
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example.test:3128")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+    monkeypatch.setenv("NO_PROXY", "internal.example.test")
+    proxied = new_session("wanq", only_url="https://api.example.test/v1/tasks")
+    assert proxied.trust_env is False
+    assert proxied.proxies.get("https") == "http://proxy.example.test:3128"
+    assert proxied.verify == "/etc/ssl/certs/ca-certificates.crt"
+    direct = new_session("wanq", only_url="https://internal.example.test/v1/tasks")
+    assert not direct.proxies, "NO_PROXY still applies"
+    assert new_session("wanq").trust_env is True, "sessions to any host keep requests' default"

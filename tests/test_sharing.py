@@ -188,3 +188,18 @@ def test_a_sigkilled_worker_leaks_no_slot_and_loses_no_job(make_cluster):
     for report in batches:
         assert client.status(report.batch_id).in_flight == 0
         assert client.status(report.batch_id).waiting_for_slot == 0
+
+
+def test_the_poll_that_frees_a_slot_creates_the_next_job_itself(make_cluster):
+    """workers.handover: only the jobs admitted at submission get a create message; every
+    later job is created by the poll that ended the job before it, in the same thread."""
+    cluster = make_cluster(
+        workers=1, sim_env={"WANQ_SIM_LATENCY": "0.3"}, worker_env={"WANQ_MAX_IN_FLIGHT": "2"}
+    )
+    final = cluster.wait(cluster.submit(jobs(8)).batch_id, timeout=120)
+    assert final.counts["succeeded"] == 8
+    assert cluster.sim("/_sim/stats")["tasks_total"] == 8
+    log = cluster.workers[0].log.read_text(errors="replace")
+    assert log.count(f"Task {TaskName.CREATE}[") == 2 * 2, "received + succeeded, 2 creates"
+    assert log.count("remote task created") == 8
+    assert cluster.redis.zcard(keys.INFLIGHT) == 0

@@ -13,6 +13,8 @@ import logging
 import time
 from typing import Any
 
+import redis
+
 from workers import keys, latency, logs, metrics
 from workers.errors import CANCELLED, GENERATION_ERROR, JobFailure
 from workers.names import State, TaskName, batch_target
@@ -73,8 +75,6 @@ def succeed_or_fail(
     else:
         failure = JobFailure(GENERATION_ERROR, "the remote task failed", remote=status.error)
         won = fail(store, job_id, seq, job, failure, send, extra=extra)
-    if won and status.state == "completed":  # a failure's time says nothing of generation
-        latency.learn(store.redis, job, time.time())
     return won
 
 
@@ -122,9 +122,24 @@ def _finish(
         outcome = f"{error['code']} {error.get('message', '')}" if error else "completed"
         fields = logs.job_fields(job_id, job.get("remote_task_id", ""))
         log.info("job %s: %s", state, outcome, extra=fields)
-        remote_done = state == State.SUCCEEDED or (error or {}).get("code") == GENERATION_ERROR
-        metrics.observe_job_end(store.redis, job, remote_done=remote_done)
+        _observe(store, job, state, error)
     return ended
+
+
+def _observe(
+    store: JobStore, job: dict[str, str], state: State, error: dict[str, Any] | None
+) -> None:
+    """The histograms of an ended job and, for a completed one, its generation time (a
+    failure's time says nothing of generation): one MULTI/EXEC round trip; never raises."""
+    pipe = store.redis.pipeline(transaction=True)
+    remote_done = state == State.SUCCEEDED or (error or {}).get("code") == GENERATION_ERROR
+    metrics.observe_job_end(store.redis, job, remote_done=remote_done, pipe=pipe)
+    if state == State.SUCCEEDED:
+        latency.learn(store.redis, job, time.time(), pipe=pipe)
+    try:
+        pipe.execute()
+    except redis.RedisError:
+        log.warning("job metrics and generation time not recorded", exc_info=True)
 
 
 def announce(ended: Finish, job_id: str, send: Sender) -> None:

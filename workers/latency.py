@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import redis
 
@@ -27,16 +28,20 @@ LATE_MIN = 1.0  # a poll this late (seconds) ...
 LATE_SHARE = 0.1  # ... or this share of its delay after creation, measures waiting too
 
 
-def learn(client: redis.Redis, job: dict[str, str], seen_done_at: float) -> bool:
-    """Add this completed job's bracket to the window if it measures generation time."""
+def learn(client: redis.Redis, job: dict[str, str], seen_done_at: float, pipe: Any = None) -> bool:
+    """Add this completed job's bracket to the window if it measures generation time (on
+    ``pipe`` when given: the caller executes it)."""
     found = measured(job, seen_done_at)
     if found is None:
         return False
     lo, hi = found
-    pipe = client.pipeline(transaction=False)
+    own = pipe is None
+    if own:
+        pipe = client.pipeline(transaction=False)
     pipe.lpush(keys.LATENCY, f"{lo:.3f} {hi:.3f}")
     pipe.ltrim(keys.LATENCY, 0, WINDOW - 1)
-    pipe.execute()
+    if own:
+        pipe.execute()
     return True
 
 

@@ -76,8 +76,11 @@ def bucket_label(bound: float) -> str:
 # --- recording (workers) ---------------------------------------------------------------------
 
 
-def record_job_end(client: redis.Redis, lag_seconds: float | None, polls: int) -> None:
-    """Add one ended job to the histograms, in one round trip (MULTI/EXEC).
+def record_job_end(
+    client: redis.Redis, lag_seconds: float | None, polls: int, pipe: Any = None
+) -> None:
+    """Add one ended job to the histograms, in one round trip (MULTI/EXEC), or queue the
+    commands on ``pipe`` (a transaction the caller executes with its own).
 
     ``lag_seconds`` is None when the job has no meaningful lag (see ``result_lag``); a
     negative lag (clocks of two workers a little apart) counts as 0. ``polls`` is the number
@@ -87,14 +90,17 @@ def record_job_end(client: redis.Redis, lag_seconds: float | None, polls: int) -
         raise ValueError(f"polls must be >= 0, not {polls}")
     if lag_seconds is not None and math.isnan(lag_seconds):
         raise ValueError("lag_seconds is NaN")
-    pipe = client.pipeline(transaction=True)
+    own = pipe is None
+    if own:
+        pipe = client.pipeline(transaction=True)
     if lag_seconds is not None:
         lag = max(0.0, float(lag_seconds))
         _observe(pipe, RESULT_LAG_KEY, LAG_BUCKETS, lag)
         pipe.hincrbyfloat(RESULT_LAG_KEY, SUM_FIELD, lag)
     _observe(pipe, POLLS_KEY, POLL_BUCKETS, polls)
     pipe.hincrby(POLLS_KEY, SUM_FIELD, int(polls))
-    pipe.execute()
+    if own:
+        pipe.execute()
 
 
 def _observe(pipe: Any, key: str, bounds: tuple[float, ...], value: float) -> None:
@@ -125,6 +131,7 @@ def observe_job_end(
     *,
     remote_done: bool,
     stored_at: float | None = None,
+    pipe: Any = None,
 ) -> None:
     """What the result callback calls once a job has ended; never raises.
 
@@ -139,7 +146,7 @@ def observe_job_end(
         polls = int(job.get("polls") or 0) + (1 if remote_done else 0)
         now = time.time() if stored_at is None else stored_at
         lag = result_lag(job, now) if remote_done else None
-        record_job_end(client, lag, polls)
+        record_job_end(client, lag, polls, pipe)
     except (redis.RedisError, ValueError):
         log.warning("job metrics not recorded", exc_info=True)
 

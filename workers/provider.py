@@ -108,7 +108,7 @@ class ProviderClient:
     def session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
         if session is None:
-            session = new_session("wanq")
+            session = new_session("wanq", only_url=self.settings.create_url)
             session.headers["Authorization"] = f"Bearer {self.settings.api_key}"
             self._local.session = session
         return session

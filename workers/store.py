@@ -30,6 +30,8 @@ __all__ = ["ALL_STATES", "TERMINAL", "Finish", "JobStore", "State", "Step"]
 HOLDS = frozenset(h.value for h in Hold)
 
 STREAM_MAXLEN = 1_000_000
+PRICE_MEMORY = 60.0  # seconds a process trusts the batch price it saw recorded
+PRICE_MEMORY_BATCHES = 1_000
 ENQUEUE_SLICE = 100  # jobs per enqueue script: Redis runs nothing else meanwhile (~1 ms)
 ENQUEUE_SLICE_BYTES = 8 * 1024 * 1024  # or fewer: requests inline images of up to 10 MB
 
@@ -67,6 +69,7 @@ class View:
     batch_state: str
     account: dict[str, str]
     pace_tightened: bool
+    payload: str | None = None  # the stored request, when asked for (creates)
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,7 @@ class JobStore:
         self.parked = sets.parked
         self.abandoned = sets.abandoned  # remote tasks followed for their cost (lua/settle.lua)
         self._scripts = {name: load_script(client, name) for name in self.SCRIPTS}
+        self._prices: dict[str, tuple[int, float]] = {}  # batch -> (price recorded, when)
 
     @classmethod
     def from_url(cls, url: str, max_in_flight: int = 0, always_deliver: bool = False) -> JobStore:
@@ -204,18 +208,21 @@ class JobStore:
     def job_record(self, job_id: str) -> Job | None:
         return Job.parse(job_id, self.job(job_id))
 
-    def view(self, job_id: str) -> View:
+    def view(self, job_id: str, *, payload: bool = False) -> View:
         pipe = self.redis.pipeline(transaction=False)
         pipe.hgetall(keys.job(job_id))
         pipe.hget(keys.batch(keys.batch_of(job_id)), "state")
         pipe.hgetall(keys.ACCOUNT)
         pipe.exists(keys.PACE_RATE)
-        raw, batch_state, block, tightened = pipe.execute()
+        if payload:
+            pipe.get(keys.payload(job_id))
+        raw, batch_state, block, tightened, *stored = pipe.execute()
         return View(
             Job.parse(job_id, text_map(raw)),
             text(batch_state) or BatchState.ACTIVE,
             text_map(block),
             bool(tightened),
+            text(stored[0]) if stored and stored[0] is not None else None,
         )
 
     def job_records(self, job_ids: Sequence[str]) -> list[Job | None]:
@@ -251,8 +258,10 @@ class JobStore:
     def queue_length(self, queue: str) -> int:
         return int(self.redis.llen(queue))
 
-    def request(self, job_id: str) -> dict[str, Any] | None:
-        raw = self.redis.get(keys.payload(job_id))
+    def request(self, job_id: str, raw: str | None = None) -> dict[str, Any] | None:
+        """The job's request with its images; ``raw`` is the payload if already read."""
+        if raw is None:
+            raw = text(self.redis.get(keys.payload(job_id))) or None
         try:
             return images.resolve(self.redis, json.loads(raw)) if raw else None
         except images.ImageMissing:  # the job ended (and let go of it) since the GET
@@ -405,8 +414,20 @@ class JobStore:
         return Step(bool(applied), int(new_seq), text(why))
 
     def learn_price(self, batch_id: str, micros_per_image: int) -> int:
-        """Record what the provider charged this batch per image (kept at the highest seen)."""
-        return int(self._scripts["price"](keys=[keys.batch(batch_id)], args=[micros_per_image]))
+        """Record what the provider charged this batch per image (kept at the highest seen).
+
+        A price never falls, so a price this process saw recorded recently needs no script:
+        most ended jobs skip the round trip. Entries expire after ``PRICE_MEMORY`` seconds, so
+        a price lost with a cut AOF is written again soon."""
+        now = time.monotonic()
+        known, at = self._prices.get(batch_id, (-1, 0.0))
+        if micros_per_image <= known and now - at < PRICE_MEMORY:
+            return known
+        price = int(self._scripts["price"](keys=[keys.batch(batch_id)], args=[micros_per_image]))
+        if len(self._prices) >= PRICE_MEMORY_BATCHES:
+            self._prices.clear()
+        self._prices[batch_id] = (price, now)
+        return price
 
     def park(self, job_id: str, seq: int, reason: Hold, detail: str = "") -> bool:
         """Park a job: it waits (never fails) until its account or batch lets it go on.

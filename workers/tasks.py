@@ -13,23 +13,37 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Protocol
 
-from celery import Celery, Task, signals
+from celery import Celery, signals
 
 from workers import account, delivery_threads, errors, latency, logs, pacing, schedule
 from workers.errors import JobFailure
 from workers.finalize import cancel, fail, succeed_or_fail
+from workers.handover import Handover
 from workers.jobs import Job
 from workers.names import JOB_TASKS, BatchState, Hold, State, TaskName, target_batch
 from workers.pricing import worst_case_images
 from workers.provider import AccountProblem, Rejected, Transient
 from workers.runtime import Runtime
+from workers.sender import Sender
 from workers.store import View
 
 log = logging.getLogger("wanq.tasks")
 
 CLAIMABLE = (State.QUEUED, State.WAITING, State.CREATING)
+
+
+class Retrying(Protocol):
+    """What a create step needs of its task: Celery's ``Task.retry`` (or ``InlineCreate``'s)."""
+
+    def retry(
+        self,
+        args: tuple[Any, ...] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        *,
+        countdown: float | None = None,
+    ) -> BaseException: ...
 
 
 @signals.task_prerun.connect
@@ -48,12 +62,20 @@ def register(app: Celery, rt: Runtime) -> None:
     """Define wanq's tasks on ``app``, each a thin shell over the functions below."""
 
     @app.task(name=TaskName.CREATE, bind=True, max_retries=None)  # attempts counted in Redis
-    def create(self: Task, job_id: str, seq: int, probe: bool = False, paced: bool = False) -> str:
+    def create(
+        self: Retrying, job_id: str, seq: int, probe: bool = False, paced: bool = False
+    ) -> str:
         return create_step(rt, self, job_id, seq, probe=probe, paced=paced)
 
     @app.task(name=TaskName.POLL)
     def poll(job_id: str, seq: int, paced: bool = False) -> str:
-        return poll_step(rt, job_id, seq, paced=paced)
+        handover = Handover(rt.send)
+        outcome = poll_step(rt, job_id, seq, paced=paced, send=handover)
+        for admitted in handover.creates:  # the slot this poll freed, used at once
+            create_inline(rt, *admitted)
+        if handover.creates:
+            logs.bind_job(job_id)  # Celery's "succeeded" line is this poll's
+        return outcome
 
     @app.task(name=TaskName.DELIVER)
     def deliver(target: str) -> str:
@@ -67,10 +89,10 @@ def register(app: Celery, rt: Runtime) -> None:
 
 
 def create_step(
-    rt: Runtime, task: Task, job_id: str, seq: int, *, probe: bool = False, paced: bool = False
+    rt: Runtime, task: Retrying, job_id: str, seq: int, *, probe: bool = False, paced: bool = False
 ) -> str:
     jobs, settings = rt.store, rt.settings
-    view = jobs.view(job_id)
+    view = jobs.view(job_id, payload=True)
     job = view.job
     if job is None:
         return "stale"
@@ -78,7 +100,7 @@ def create_step(
         return _poll_if_overdue(rt, job)
     if job.seq != seq or job.state not in CLAIMABLE:
         return "stale"
-    if not paced:
+    if not paced and (settings.create_rate > 0 or view.pace_tightened):  # else: no pace script
         wait = jobs.pace(settings.create_rate, settings.max_countdown)
         if wait > 0:  # waiting for its pace slot is not being overdue: the sweeper must wait too
             reserved = wait <= settings.max_countdown
@@ -86,7 +108,7 @@ def create_step(
             jobs.postpone(job_id, time.time() + countdown)
             raise task.retry(kwargs={"probe": probe, "paced": reserved}, countdown=countdown)
 
-    request = jobs.request(job_id) or {}
+    request = jobs.request(job_id, view.payload) or {}
     claim = jobs.claim(
         job_id, seq, rt.create_window(), worst_case_images(request), settings.unit_price, probe
     )
@@ -126,7 +148,7 @@ def _poll_if_overdue(rt: Runtime, job: Job) -> str:
 
 
 def _create_remote(
-    rt: Runtime, task: Task, view: View, seq: int, attempts: int, request: dict[str, Any]
+    rt: Runtime, task: Retrying, view: View, seq: int, attempts: int, request: dict[str, Any]
 ) -> str:
     """POST, then store the remote ID and send the first poll. ``view`` was read before the
     claim: Redis is written for the account and the pace only when they were not clear."""
@@ -187,7 +209,7 @@ def _create_remote(
 
 
 def _retry_create(
-    rt: Runtime, task: Task, job: Job, seq: int, attempts: int, exc: Transient
+    rt: Runtime, task: Retrying, job: Job, seq: int, attempts: int, exc: Transient
 ) -> str:
     """Back off and retry through Celery, or fail with a run code once attempts run out."""
     log.info("create attempt %d failed: %s", attempts, exc)
@@ -217,11 +239,57 @@ def _retry_create(
     raise task.retry(args=(job.job_id, backoff.seq), kwargs={}, countdown=delay)
 
 
+class _Deferred(Exception):
+    """An inline create that has to wait: its create message was sent with a countdown."""
+
+
+class InlineCreate:
+    """The ``task`` of a create run inside the poll that freed its slot: a retry becomes a
+    create message sent with the countdown (as Celery's retry would send), then ``_Deferred``."""
+
+    def __init__(self, rt: Runtime, job_id: str, seq: int) -> None:
+        self._rt, self._args = rt, (job_id, seq)
+
+    def retry(
+        self,
+        args: tuple[Any, ...] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        *,
+        countdown: float | None = None,
+    ) -> BaseException:
+        self._rt.send(
+            TaskName.CREATE, tuple(args or self._args), kwargs=kwargs, countdown=countdown
+        )
+        return _Deferred()
+
+
+def create_inline(rt: Runtime, job_id: str, seq: int) -> str:
+    """Create an admitted job's remote task in this thread (see workers.handover). On any
+    error the job's create message goes out after all: a stale seq makes it do nothing, and
+    the due set covers a message lost with this worker."""
+    logs.bind_job(job_id)
+    try:
+        outcome = create_step(rt, InlineCreate(rt, job_id, seq), job_id, seq)
+    except _Deferred:
+        outcome = "deferred"
+    except Exception:
+        log.exception("inline create failed; sending its create message")
+        rt.send(TaskName.CREATE, (job_id, seq))
+        outcome = "sent"
+    log.info("handed-over create: %s", outcome)  # the benchmark counts these beside the tasks
+    return outcome
+
+
 # --- poll -----------------------------------------------------------------------------------
 
 
-def poll_step(rt: Runtime, job_id: str, seq: int, *, paced: bool = False) -> str:
+def poll_step(
+    rt: Runtime, job_id: str, seq: int, *, paced: bool = False, send: Sender | None = None
+) -> str:
+    """One status call. ``send`` takes what ending the job sets off (the poll task passes a
+    ``Handover``, to run the create of the job given the freed slot itself)."""
     jobs, settings = rt.store, rt.settings
+    send = send or rt.send
     view = jobs.view(job_id)
     job = view.job
     if job is None or job.seq != seq or job.state != State.RUNNING:
@@ -235,12 +303,12 @@ def poll_step(rt: Runtime, job_id: str, seq: int, *, paced: bool = False) -> str
             rt.send(TaskName.POLL, (job_id, seq), kwargs={"paced": reserved}, countdown=countdown)
             return "paced"
     if view.batch_state == BatchState.CANCELLED:
-        cancel(jobs, job_id, job.raw, rt.send)
+        cancel(jobs, job_id, job.raw, send)
         return "cancelled"
     now = time.time()
     if now - job.created_at > settings.poll_deadline:
         failure = JobFailure(errors.STATUS_CHECK, f"no result after {settings.poll_deadline:.0f} s")
-        fail(jobs, job_id, seq, job.raw, failure, rt.send)
+        fail(jobs, job_id, seq, job.raw, failure, send)
         return "failed"
     try:
         status = rt.provider.status(job.remote_task_id)
@@ -249,7 +317,7 @@ def poll_step(rt: Runtime, job_id: str, seq: int, *, paced: bool = False) -> str
         return _poll_again(rt, job, settings.max_countdown, {"unmeasured": 1})
     except Rejected as exc:
         failure = JobFailure(errors.STATUS_CHECK, str(exc), remote=exc.remote())
-        fail(jobs, job_id, seq, job.raw, failure, rt.send)
+        fail(jobs, job_id, seq, job.raw, failure, send)
         return "failed"
     except Transient as exc:
         misses = job.poll_errors + 1
@@ -257,7 +325,7 @@ def poll_step(rt: Runtime, job_id: str, seq: int, *, paced: bool = False) -> str
         if misses >= settings.poll_max_errors:
             code = errors.RESULT_PARSING if exc.unparseable else errors.STATUS_CHECK
             detail = f"{misses} failed status checks: {exc}"
-            fail(jobs, job_id, seq, job.raw, JobFailure(code, detail, remote=exc.remote()), rt.send)
+            fail(jobs, job_id, seq, job.raw, JobFailure(code, detail, remote=exc.remote()), send)
             return "failed"
         delay = rt.retry.delay(misses, exc.retry_after)
         fields = {"poll_errors": misses, "last_error": str(exc), "unmeasured": 1}
@@ -267,7 +335,7 @@ def poll_step(rt: Runtime, job_id: str, seq: int, *, paced: bool = False) -> str
         log.info("a status call went through: the account works again, creation resumes")
     if status.done:  # this poll is counted in the same atomic step that ends the job
         seen = {"polls": job.polls + 1, **_first_poll(job, now)}
-        ended = succeed_or_fail(jobs, job_id, seq, job.raw, status, seen, rt.send)
+        ended = succeed_or_fail(jobs, job_id, seq, job.raw, status, seen, send)
         return "finished" if ended else "stale"
     elapsed = now - job.created_at
     delay = schedule.next_poll_delay(job.polls + 1, elapsed, latency.estimate(jobs.redis), settings)

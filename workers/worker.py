@@ -26,6 +26,10 @@ log = logging.getLogger("wanq.sweeper")
 
 def make_app(settings: Settings) -> Celery:
     app = sending_app(settings)
+    # Workers send no task-sent events (producers do, for the creates they queue): the next
+    # poll's task-received event follows at once, so Flower shows the same tasks, and those
+    # publishes were 7% of a worker's CPU (docs/bench-profile.md).
+    app.conf.task_send_sent_event = False
     app.set_current()
     runtime = Runtime(settings, celery_sender(app))
     app.wanq_runtime = runtime  # type: ignore[attr-defined]  # read by the sweeper step

@@ -26,6 +26,7 @@ FETCHERS = 4  # parallel GETs of /_sim/tasks/{id} after a run
 TASK_LINE = re.compile(
     r"Task (wanq\.\w+)\[[^\]]*\] (?:succeeded in [0-9.e-]+s: '?([\w-]+)|(retry))"
 )
+HANDOVER_LINE = re.compile(r"handed-over create: ([\w-]+)")  # workers/handover.py, no task
 
 
 @dataclass
@@ -60,7 +61,9 @@ class RunResult:
 
     @property
     def tasks_per_job(self) -> float:
-        return sum(self.tasks.values()) / max(1, self.ended)
+        """Celery tasks only: a handed-over create runs inside the poll task that freed its slot."""
+        celery = sum(n for name, n in self.tasks.items() if name.startswith("wanq."))
+        return celery / max(1, self.ended)
 
     @property
     def vs_limit(self) -> float:
@@ -173,6 +176,8 @@ def _tasks_run(logs: list[str]) -> dict[str, int]:
     for log in logs:
         for name, outcome, retry in TASK_LINE.findall(log):
             counts[f"{name}:{outcome or retry}"] += 1
+        for outcome in HANDOVER_LINE.findall(log):
+            counts[f"handover:{outcome}"] += 1
     return dict(sorted(counts.items()))
 
 

@@ -360,8 +360,9 @@ def _cost(res: Results) -> list[Figure]:
                 f"wanq's own: one core carries the run's C/L = {res.params.limit:.0f} jobs/s",
             ),
             f"Celery's cost per task: {main.tasks_per_job:.1f} tasks per job ({tasks}), each "
-            "a broker round trip with task events on (task_send_sent_event, "
-            "worker_send_task_events) and INFO log lines, besides the Lua scripts and HTTP",
+            "a broker fetch and ack with task events on (received, started, succeeded: "
+            "worker_send_task_events; workers send no task-sent events) and INFO log lines, "
+            "besides the Lua scripts and HTTP (docs/bench-profile.md)",
             f"producer {main.producer_cpu_s:.2f} s + workers {main.worker_cpu_s:.2f} s for "
             f"{main.ended:,} jobs; not counted: redis-server "
             f"{main.service_cpu_s.get('redis', 0):.2f} s, simulator "

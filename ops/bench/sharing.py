@@ -111,10 +111,11 @@ def run(bench: Bench, workers: int | None) -> SharingResult:
 
 def figures(res: SharingResult, main: RunResult, latency: float, cap: int) -> list[report.Figure]:
     """The sharing phase's figures, and the main completion run's counts of tasks per job."""
-    creates = sum(n for name, n in main.tasks.items() if name.startswith("wanq.create"))
-    wasted = sum(
-        n for name, n in main.tasks.items() if name in ("wanq.create:full", "wanq.create:pricing")
+    creates = sum(
+        n for name, n in main.tasks.items() if name.startswith(("wanq.create", "handover:"))
     )
+    no_slot = ("full", "pricing")
+    wasted = sum(n for name, n in main.tasks.items() if name.rpartition(":")[2] in no_slot)
     return [
         report.figure(
             "fair_share_first_create_s",
@@ -144,9 +145,11 @@ def figures(res: SharingResult, main: RunResult, latency: float, cap: int) -> li
             wasted / max(1, main.ended),
             "per job",
             ("<=", 0.05),
-            "admission in Redis: only a job given a slot gets a create message; a create "
-            "finds no slot only after a redelivery or a sweeper resend",
-            f"{wasted} of {creates} create tasks; {main.ended:,} jobs",
+            "admission in Redis: only a job given a slot is created (a create message for "
+            "those admitted at submission, else the poll that freed the slot creates it: "
+            "workers/handover.py); a create finds no slot only after a redelivery or a "
+            "sweeper resend",
+            f"{wasted} of {creates} creates (tasks and handed-over); {main.ended:,} jobs",
         ),
         report.figure(
             "tasks_per_job",
@@ -154,7 +157,9 @@ def figures(res: SharingResult, main: RunResult, latency: float, cap: int) -> li
             main.tasks_per_job,
             "tasks",
             ("<=", 3.3),
-            "a create, the polls (polls_per_job), stale duplicates; no create that parks",
+            "the polls (polls_per_job), a create task only for the jobs admitted at "
+            "submission (the others are created by the poll that freed their slot), stale "
+            "duplicates; no create that parks",
             ", ".join(f"{name} {n:,}" for name, n in sorted(main.tasks.items())),
         ),
     ]
