@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -197,12 +198,20 @@ class LocalStack:
         self.env["WANQ_REDIS_URL"] = url
         return url
 
-    def restart_redis(self) -> None:
-        """Stop Redis (SIGTERM: it writes its AOF out) and start it again on the same data."""
+    def restart_redis(self, crash: Callable[[Path], object] | None = None) -> None:
+        """Stop Redis (SIGTERM: it writes its AOF out) and start it again on the same data.
+        ``crash``: a host crash instead: SIGKILL, then ``crash(data folder)`` runs (to cut the
+        AOF's tail, as a lost page cache would) before Redis starts again on the same port."""
         redis_process = next(p for p in self.processes if p.name == "redis")
-        redis_process.stop()
+        if crash is None:
+            redis_process.stop()
+        else:
+            redis_process.kill()
+            crash(self.data_dir / "redis")
+        where = self.processes.index(redis_process)
         self.processes.remove(redis_process)
         self._start_redis_server("redis", self._redis_args, self.redis_url)
+        self.processes.insert(where, self.processes.pop())  # still stopped after the workers
 
     def start_simulator(self, extra_env: dict[str, str] | None = None, port: int = 0) -> str:
         ready = self.data_dir / f"sim-{os.getpid()}-{len(self.processes)}.addr"

@@ -145,3 +145,37 @@ def test_event_ids_survive_a_replay_and_change_with_the_round(redis_url):
     assert seq > 0
     store.finish("b:j", None, State.SUCCEEDED, {"job_id": "b:j"})
     assert store.job("b:j")["event_id"] == "b:j:2", "a new round is a new event"
+
+
+def test_a_cost_the_provider_hid_is_estimated_at_the_batch_price_not_counted_as_zero(redis_url):
+    """A hostile usage.cost ("1e300", "Infinity") is refused, but the images were billed: they
+    count as estimated-unseen money at the batch's learned price (the budget counts it)."""
+    store = JobStore.from_url(redis_url, unit_micros=30_000)
+    store.open_batch("b", {"state": "active"})
+    store.enqueue_many("b", [("j", REQUEST, 1), ("k", REQUEST, 2)])
+    store.learn_price("b", 40_000)  # dearer than the configured 0.03
+    assert store.finish("b:j", None, State.SUCCEEDED, {"job_id": "b:j"}, unpriced_images=2)
+    batch = store.batch("b")
+    assert int(batch["unseen_micros"]) == 80_000 and int(batch.get("cost_micros") or 0) == 0
+    with pytest.raises(Exception, match="bounded numbers"):
+        store.finish("b:k", None, State.SUCCEEDED, {"job_id": "b:k"}, unpriced_images=-1)
+    assert store.job("b:k")["state"] == State.QUEUED, "nothing half-done"
+
+
+@pytest.mark.parametrize(
+    ("usage", "images"),
+    [
+        ({"cost": "0.04", "image_count": 2}, 0),
+        ({"image_count": 2, "invalid": ["cost"]}, 2),
+        ({"invalid": ["cost", "image_count"]}, 1),  # the request's worst case: n is 1
+        ({"cost": "0.04", "invalid": ["discount"]}, 0),
+        (None, 0),
+    ],
+)
+def test_images_whose_cost_was_refused_are_the_ones_estimated(redis_url, usage, images):
+    from workers.finalize import _unpriced_images
+
+    store = JobStore.from_url(redis_url)
+    store.open_batch("b", {"state": "active"})
+    store.enqueue_many("b", [("j", REQUEST, 1)])
+    assert _unpriced_images(store, "b:j", usage) == images

@@ -18,6 +18,7 @@ import redis
 from workers import keys, latency, logs, metrics
 from workers.errors import CANCELLED, GENERATION_ERROR, JobFailure
 from workers.names import State, TaskName, batch_target
+from workers.pricing import worst_case_images
 from workers.provider import Status, cost_micros
 from workers.sender import Sender
 from workers.store import Finish, JobStore
@@ -114,6 +115,7 @@ def _finish(
         state,
         record,
         cost_micros=cost_micros(usage or {}),
+        unpriced_images=_unpriced_images(store, job_id, usage),
         error_code=(error or {}).get("code", ""),
         extra=extra,
     )
@@ -162,6 +164,19 @@ def _learn_price(store: JobStore, job_id: str, usage: dict[str, Any] | None) -> 
     micros = cost_micros(usage or {})
     if isinstance(images, int) and not isinstance(images, bool) and 0 < images <= 100 and micros:
         store.learn_price(keys.batch_of(job_id), -(-micros // images))  # rounded up
+
+
+def _unpriced_images(store: JobStore, job_id: str, usage: dict[str, Any] | None) -> int:
+    """The images of a completed task whose ``usage.cost`` was refused as out of bounds: the
+    provider billed them, so they are estimated rather than counted as $0 (issue 13: with
+    hostile costs a budgeted batch spent 118% of its cap). The image count the provider gave,
+    or else the request's worst case."""
+    if not usage or "cost" not in usage.get("invalid", ()):
+        return 0
+    images = usage.get("image_count")
+    if isinstance(images, int) and not isinstance(images, bool):
+        return images
+    return worst_case_images(store.request(job_id) or {})
 
 
 def _decode(raw: str | None, default: Any) -> Any:

@@ -102,10 +102,15 @@ class JobStore:
     )
 
     def __init__(
-        self, client: redis.Redis, max_in_flight: int = 0, always_deliver: bool = False
+        self,
+        client: redis.Redis,
+        max_in_flight: int = 0,
+        always_deliver: bool = False,
+        unit_micros: int = 30_000,
     ) -> None:
         self.redis = client
         self.max_in_flight = max_in_flight
+        self.unit_micros = unit_micros  # WANQ_UNIT_PRICE: prices a cost the provider hid
         self.always_deliver = always_deliver  # every ended job owes a delivery (archiving)
         sets = Registries(client)
         self.due, self.queued, self.held = sets.due, sets.queued, sets.held
@@ -116,15 +121,24 @@ class JobStore:
         self._prices: dict[str, tuple[int, float]] = {}  # batch -> (price recorded, when)
 
     @classmethod
-    def from_url(cls, url: str, max_in_flight: int = 0, always_deliver: bool = False) -> JobStore:
-        return cls(connect(url), max_in_flight, always_deliver)
+    def from_url(
+        cls,
+        url: str,
+        max_in_flight: int = 0,
+        always_deliver: bool = False,
+        unit_micros: int = 30_000,
+    ) -> JobStore:
+        return cls(connect(url), max_in_flight, always_deliver, unit_micros)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JobStore:
         """The store as the cluster runs it: producers and workers alike get the cap, so a
         script behaves the same whoever calls it."""
         return cls.from_url(
-            settings.broker_url, settings.max_in_flight, always_deliver=bool(settings.archive_dir)
+            settings.broker_url,
+            settings.max_in_flight,
+            always_deliver=bool(settings.archive_dir),
+            unit_micros=round(settings.unit_price * 1_000_000),
         )
 
     # --- producers -------------------------------------------------------------------------
@@ -332,6 +346,7 @@ class JobStore:
         record: dict[str, Any],
         *,
         cost_micros: int = 0,
+        unpriced_images: int = 0,
         error_code: str = "",
         extra: dict[str, Any] | None = None,
         pipe: redis.client.Pipeline | None = None,
@@ -339,6 +354,8 @@ class JobStore:
         """The terminal transition plus the stream entry, atomically and once per job.
 
         ``extra`` fields are written to the job hash in the same step (the last poll's count).
+        ``unpriced_images``: images made whose cost the provider did not give as a usable
+        number; the script counts them as estimated-unseen money at the batch's price.
 
         With a pipeline the script's raw answer comes from ``pipe.execute()``: pass it to
         ``finish_answer``.
@@ -380,6 +397,8 @@ class JobStore:
                 self.max_in_flight,
                 keys.job(""),
                 "1" if self.always_deliver else "0",
+                unpriced_images,
+                self.unit_micros,
                 *fields,
             ],
             client=pipe or self.redis,

@@ -11,7 +11,11 @@
 -- ARGV[8] the record as JSON, for the stream   ARGV[9] in-flight cap (0 = none)
 -- ARGV[10] job key prefix   ARGV[11] '1' if every ended job owes a delivery (the workers
 -- archive outputs), else only jobs of batches flagged ``deliver`` (webhooks, callbacks) do
--- ARGV[12..] field, value pairs for the job hash
+-- ARGV[12] images the provider made but whose cost it did not say in a number we can use
+-- (a hostile ``usage.cost``: "1e300", "Infinity"): priced at the higher of ARGV[13] (the
+-- configured unit price, micro-USD) and the batch's learned price, as estimated-unseen money
+-- (``unseen_micros``), which the budget counts: billed money is never counted as $0
+-- ARGV[14..] field, value pairs for the job hash
 -- Returns {ended, batch ended, callbacks owed, {admitted job_id, seq, ...}}: ended is 1 only
 -- for the one call that ended the job, batch ended only for the call that ended its last job.
 -- The job's budget reservation and in-flight slot are given back here; the slot goes at once
@@ -23,12 +27,15 @@ local ready_set, payload_key, ended_key = KEYS[11], KEYS[12], KEYS[13]
 local job_id, expected_seq, final_state, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local cost, error_code, stream_max, record = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local cap, always_deliver = ARGV[9], ARGV[11] == '1'
-local FIRST_FIELD = 12
+local unpriced, unit_micros = tonumber(ARGV[12]), tonumber(ARGV[13])
+local FIRST_FIELD = 14
 
 -- Arguments are checked before the first write: a bad one must not leave half a step done.
 local cost_arg = tonumber(cost)
 if not cost_arg or cost_arg < 0 or cost_arg > 1e12 or cost_arg ~= math.floor(cost_arg)
-    or not tonumber(now) or not tonumber(stream_max) then
+    or not tonumber(now) or not tonumber(stream_max)
+    or not unpriced or unpriced < 0 or unpriced > 1000 or unpriced ~= math.floor(unpriced)
+    or not unit_micros or unit_micros < 0 or unit_micros > 1e12 then
   return redis.error_reply('finish: cost, time and stream length must be bounded numbers')
 end
 local cur = redis.call('HMGET', job_key, 'state', 'seq', 'remote_task_id', 'abandoned_task',
@@ -54,6 +61,12 @@ if remote ~= '' and cur[4] == remote and cur[5] then
 end
 if counted > 0 then
   redis.call('HINCRBY', batch_key, 'cost_micros', counted)
+end
+if unpriced > 0 then
+  local price = math.max(unit_micros, tonumber(redis.call('HGET', batch_key, 'price_micros') or 0))
+  local estimate = math.floor(unpriced * price)
+  redis.call('HSET', job_key, 'unseen_micros', estimate)
+  redis.call('HINCRBY', batch_key, 'unseen_micros', estimate)
 end
 if error_code ~= '' then
   redis.call('HINCRBY', codes_key, error_code, 1)
