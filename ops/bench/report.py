@@ -286,9 +286,10 @@ def _reference(res: Results) -> list[Figure]:
             "ratio",
             (">=", 0.97),
             "both hold C remote tasks at once and both end in the last round's tail; wanq "
-            "loses where a slot stands idle or in lag longer: its submission, a Celery message "
-            "and a Redis script between a slot freed and the next create, and polls that wait "
-            "in the worker's queue",
+            "loses where a slot stands idle or in lag longer: its submission and the first "
+            "creates' Celery messages, the Redis scripts around each step (the freed slot's "
+            "create runs in the poll that freed it: workers/handover.py), and polls that wait "
+            "in the worker's queue or on the GIL",
             f"reference (ops/bench/asyncref.py: aiohttp, a semaphore of {p.cap}, first poll "
             f"at 0.9 L then 0.08 L growing 1.25x, results appended to JSONL) {ref.ended:,} jobs "
             f"in {ref.makespan_s:.1f} s = {ref.jobs_per_s:.1f}/s = "
@@ -332,8 +333,9 @@ def _queued_memory(sub: SubmitResult) -> Figure:
 def _cost(res: Results) -> list[Figure]:
     main, held = res.runs[0], res.held
     assert held is not None
-    tasks = ", ".join(
-        f"{name.removeprefix('wanq.')} {n / max(1, main.ended):.2f}"
+    tasks = ", ".join(  # handed-over creates run inside the poll task that freed the slot
+        f"{name.removeprefix('wanq.').replace('handover:', 'inside a poll, create:')} "
+        f"{n / max(1, main.ended):.2f}"
         for name, n in main.tasks.items()
     )
     needed = held.reached / POLL_CAP  # a held job polls at least every POLL_CAP s (inflight.py)
