@@ -35,6 +35,15 @@ WORKER_ENV = {
     "WANQ_CREATE_PATH": "/api/v2/tasks",
     "WANQ_STATUS_PATH": "/api/v2/tasks/{task_id}/status",
 }
+# For tests that lose a worker or a write on purpose: what a dead worker held is taken for
+# lost and sent again within seconds, not the production half-minute (30 s sweep grace,
+# 15 s sweeper lease, a 30 s create window of connect + read timeout + 5 s).
+QUICK_RECOVERY = {
+    "WANQ_SWEEP_GRACE": "5",
+    "WANQ_LEASE_TTL": "3",
+    "WANQ_CONNECT_TIMEOUT": "2",
+    "WANQ_READ_TIMEOUT": "5",  # the simulator answers a create in milliseconds
+}
 SIM_ENV = {
     "WANQ_SIM_API_KEY": API_KEY,
     "WANQ_SIM_CREATE_PATH": "/api/v2/tasks",
@@ -153,16 +162,27 @@ def make_cluster(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., Clust
     ) -> Cluster:
         stack = LocalStack(tmp_path / f"stack{len(stacks)}")
         stacks.append(stack)
-        stack.redis_url = redis_url
-        stack.env["WANQ_REDIS_URL"] = redis_url
-        stack.start_simulator({**SIM_ENV, **(sim_env or {})})
-        cluster = Cluster(stack, redis_url, worker_env=dict(worker_env or {}))
-        cluster.start_workers(workers)
-        return cluster
+        return start_cluster(stack, redis_url, workers, sim_env, worker_env)
 
     yield make
     for stack in stacks:
         stack.stop()
+
+
+def start_cluster(
+    stack: LocalStack,
+    redis_url: str,
+    workers: int = 2,
+    sim_env: dict[str, str] | None = None,
+    worker_env: dict[str, str] | None = None,
+) -> Cluster:
+    """The simulator and ``workers`` workers on ``stack``, against ``redis_url``."""
+    stack.redis_url = redis_url
+    stack.env["WANQ_REDIS_URL"] = redis_url
+    stack.start_simulator({**SIM_ENV, **(sim_env or {})})
+    cluster = Cluster(stack, redis_url, worker_env=dict(worker_env or {}))
+    cluster.start_workers(workers)
+    return cluster
 
 
 def jobs(n: int, interleave_every: int = 3, prefix: str = "job") -> list[dict]:
@@ -179,4 +199,4 @@ def jobs(n: int, interleave_every: int = 3, prefix: str = "job") -> list[dict]:
     ]
 
 
-__all__ = ["API_KEY", "Cluster", "free_port", "jobs"]
+__all__ = ["API_KEY", "QUICK_RECOVERY", "Cluster", "free_port", "jobs", "start_cluster"]
