@@ -148,12 +148,25 @@ class LocalStack:
         master_port = free_port()
         auth = f":{password}@" if password else ""
         follow = ["--masterauth", password] if password else []  # any node may follow another
+        # A replica syncs at once (Redis waits 5 s by default for more replicas to join a
+        # diskless sync), after the start and after a failover alike.
+        follow += ["--repl-diskless-sync-delay", "0"]
+        replica_urls = []
         for n in range(replicas + 1):  # the master first, named "redis" as in start_redis
             name, port = (f"replica{n}", free_port()) if n else ("redis", master_port)
             args = self._redis_server_args(name, port, password) + follow
+            url = f"redis://{auth}127.0.0.1:{port}/0"
             if n:
                 args += ["--replicaof", "127.0.0.1", str(master_port)]
-            self._start_redis_server(name, args, f"redis://{auth}127.0.0.1:{port}/0")
+                replica_urls.append(url)
+            self._start_redis_server(name, args, url)
+
+        def synced(url: str) -> bool:
+            with redis.Redis.from_url(url) as client:
+                return client.info("replication").get("master_link_status") == "up"
+
+        for url in replica_urls:  # so the sentinels' first look at a replica finds it in sync
+            wait_for(lambda url=url: synced(url), "a replica's sync", 30)
         ports = [free_port() for _ in range(sentinels)]
         for n, port in enumerate(ports, 1):
             folder = self.data_dir / f"sentinel{n}"
