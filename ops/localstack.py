@@ -149,12 +149,25 @@ class LocalStack:
         master_port = free_port()
         auth = f":{password}@" if password else ""
         follow = ["--masterauth", password] if password else []  # any node may follow another
+        # A replica syncs at once (Redis waits 5 s by default for more replicas to join a
+        # diskless sync), after the start and after a failover alike.
+        follow += ["--repl-diskless-sync-delay", "0"]
+        replica_urls = []
         for n in range(replicas + 1):  # the master first, named "redis" as in start_redis
             name, port = (f"replica{n}", free_port()) if n else ("redis", master_port)
             args = self._redis_server_args(name, port, password) + follow
+            url = f"redis://{auth}127.0.0.1:{port}/0"
             if n:
                 args += ["--replicaof", "127.0.0.1", str(master_port)]
-            self._start_redis_server(name, args, f"redis://{auth}127.0.0.1:{port}/0")
+                replica_urls.append(url)
+            self._start_redis_server(name, args, url)
+
+        def synced(url: str) -> bool:
+            with redis.Redis.from_url(url) as client:
+                return client.info("replication").get("master_link_status") == "up"
+
+        for url in replica_urls:  # so the sentinels' first look at a replica finds it in sync
+            wait_for(lambda url=url: synced(url), "a replica's sync", 30)
         ports = [free_port() for _ in range(sentinels)]
         for n, port in enumerate(ports, 1):
             folder = self.data_dir / f"sentinel{n}"
@@ -213,7 +226,13 @@ class LocalStack:
         self._start_redis_server("redis", self._redis_args, self.redis_url)
         self.processes.insert(where, self.processes.pop())  # still stopped after the workers
 
-    def start_simulator(self, extra_env: dict[str, str] | None = None, port: int = 0) -> str:
+    def start_simulator(
+        self, extra_env: dict[str, str] | None = None, port: int = 0, wait: bool = True
+    ) -> str:
+        """Start the simulator and return its URL. With a ``port`` and ``wait=False`` it
+        returns at once (the URL is known), and :meth:`wait_simulator` waits for it to listen:
+        what needs only its address (workers, which call it only to run tasks) can start
+        meanwhile."""
         ready = self.data_dir / f"sim-{os.getpid()}-{len(self.processes)}.addr"
         ready.unlink(missing_ok=True)
         env = {**self.env, **(extra_env or {})}
@@ -221,13 +240,26 @@ class LocalStack:
         cmd = [sys.executable, "-m", "ops.simulator", "--port", str(port)]
         cmd += ["--ready-file", str(ready)]
         self._spawn("simulator", cmd, env)
-        address = wait_for(lambda: ready.read_text().strip(), "the simulator")
+        self._simulator_ready = ready
+        if port:
+            self._simulator_at(f"127.0.0.1:{port}")
+        if wait or not port:
+            self.wait_simulator()
+        return self.provider_url
+
+    def wait_simulator(self) -> str:
+        """Wait until the simulator :meth:`start_simulator` started listens; its URL."""
+        ready = self._simulator_ready
+        self._simulator_at(wait_for(lambda: ready.read_text().strip(), "the simulator"))
+        return self.provider_url
+
+    def _simulator_at(self, address: str) -> None:
         self.provider_url = f"http://{address}"
         self.env["WANQ_PROVIDER_URL"] = self.provider_url
         # The simulator serves the outputs itself, on loopback: let the archive fetch them.
         allowed = [h for h in self.env.get("WANQ_ARCHIVE_ALLOW_HOSTS", "").split(",") if h]
-        self.env["WANQ_ARCHIVE_ALLOW_HOSTS"] = ",".join([*allowed, address])
-        return self.provider_url
+        if address not in allowed:
+            self.env["WANQ_ARCHIVE_ALLOW_HOSTS"] = ",".join([*allowed, address])
 
     def start_worker(
         self, name: str, extra_env: dict[str, str] | None = None, queues: list[str] | None = None

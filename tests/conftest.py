@@ -3,9 +3,11 @@ simulator as a real HTTP server and real Celery worker processes, all via ops.lo
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -34,6 +36,15 @@ WORKER_ENV = {
     "WANQ_ACCOUNT_PROBE_INTERVAL": "1",
     "WANQ_CREATE_PATH": "/api/v2/tasks",
     "WANQ_STATUS_PATH": "/api/v2/tasks/{task_id}/status",
+}
+# For tests that lose a worker or a write on purpose: what a dead worker held is taken for
+# lost and sent again within seconds, not the production half-minute (30 s sweep grace,
+# 15 s sweeper lease, a 30 s create window of connect + read timeout + 5 s).
+QUICK_RECOVERY = {
+    "WANQ_SWEEP_GRACE": "5",
+    "WANQ_LEASE_TTL": "3",
+    "WANQ_CONNECT_TIMEOUT": "2",
+    "WANQ_READ_TIMEOUT": "5",  # the simulator answers a create in milliseconds
 }
 SIM_ENV = {
     "WANQ_SIM_API_KEY": API_KEY,
@@ -153,16 +164,40 @@ def make_cluster(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., Clust
     ) -> Cluster:
         stack = LocalStack(tmp_path / f"stack{len(stacks)}")
         stacks.append(stack)
-        stack.redis_url = redis_url
-        stack.env["WANQ_REDIS_URL"] = redis_url
-        stack.start_simulator({**SIM_ENV, **(sim_env or {})})
-        cluster = Cluster(stack, redis_url, worker_env=dict(worker_env or {}))
-        cluster.start_workers(workers)
-        return cluster
+        return start_cluster(stack, redis_url, workers, sim_env, worker_env)
 
     yield make
     for stack in stacks:
+        stop_workers_at_once(stack)
         stack.stop()
+
+
+def stop_workers_at_once(stack: LocalStack) -> None:
+    """SIGTERM the workers (and whatever else but Redis and the simulator) of ``stack``
+    together: their warm shutdowns (over a second each, idle) overlap instead of following one
+    another; ``stack.stop()`` then waits for them and stops the rest in reverse order."""
+    for process in stack.processes:
+        if process.name not in ("redis", "simulator") and process.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.popen.pid, signal.SIGTERM)
+
+
+def start_cluster(
+    stack: LocalStack,
+    redis_url: str,
+    workers: int = 2,
+    sim_env: dict[str, str] | None = None,
+    worker_env: dict[str, str] | None = None,
+) -> Cluster:
+    """The simulator and ``workers`` workers on ``stack``, against ``redis_url``."""
+    stack.redis_url = redis_url
+    stack.env["WANQ_REDIS_URL"] = redis_url
+    # The workers start while the simulator does (they need only its address).
+    stack.start_simulator({**SIM_ENV, **(sim_env or {})}, port=free_port(), wait=False)
+    cluster = Cluster(stack, redis_url, worker_env=dict(worker_env or {}))
+    cluster.start_workers(workers)
+    stack.wait_simulator()
+    return cluster
 
 
 def jobs(n: int, interleave_every: int = 3, prefix: str = "job") -> list[dict]:
@@ -179,4 +214,4 @@ def jobs(n: int, interleave_every: int = 3, prefix: str = "job") -> list[dict]:
     ]
 
 
-__all__ = ["API_KEY", "Cluster", "free_port", "jobs"]
+__all__ = ["API_KEY", "QUICK_RECOVERY", "Cluster", "free_port", "jobs", "start_cluster"]

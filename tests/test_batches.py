@@ -99,10 +99,10 @@ def test_retry_redrives_only_the_failures(make_cluster):
 
 def test_cancel_mid_batch_creates_nothing_more(make_cluster):
     cluster = make_cluster(
-        workers=2, sim_env={"WANQ_SIM_LATENCY": "3"}, worker_env={"WANQ_CREATE_RATE": "4"}
+        workers=2, sim_env={"WANQ_SIM_LATENCY": "3"}, worker_env={"WANQ_CREATE_RATE": "8"}
     )
     client = cluster.client()
-    report = cluster.submit(jobs(40))
+    report = cluster.submit(jobs(40))  # 5 s of paced creates, cancelled after about one
     wait_for(lambda: client.status(report.batch_id).counts["running"] >= 4, "jobs running", 30)
 
     client.cancel(report.batch_id)

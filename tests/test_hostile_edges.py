@@ -9,10 +9,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from ops.localstack import wait_for
+from ops.localstack import LocalStack, wait_for
 from producers.api import BatchOptions
 from tests.canary import Canary, serve
-from tests.conftest import jobs
+from tests.conftest import Cluster, jobs, start_cluster
 from workers import account, keys, webhooks
 
 
@@ -45,6 +45,16 @@ def assert_each_job_ended_once(cluster, batch_id: str, n: int) -> list[dict]:
 # --- hostile numbers -------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def usage_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One cluster (its own Redis) for the hostile-usage cases: each case sets the usage the
+    simulator answers with, then runs a batch of its own and checks only that batch, the
+    slots (all given back by the end of each case) and the simulator's answers."""
+    with LocalStack(tmp_path_factory.mktemp("usage")) as stack:
+        url = stack.start_redis()
+        yield start_cluster(stack, url, workers=1, worker_env={"WANQ_MAX_IN_FLIGHT": "2"})
+
+
 @pytest.mark.parametrize(
     "usage",
     [
@@ -56,12 +66,11 @@ def assert_each_job_ended_once(cluster, batch_id: str, n: int) -> list[dict]:
         {"cost": "0.03", "image_count": "9" * 400, "discount": "-Infinity"},
     ],
 )
-def test_hostile_usage_ends_each_job_once_with_its_slot_and_money_released(make_cluster, usage):
-    cluster = make_cluster(
-        workers=1,
-        sim_env={"WANQ_SIM_HOSTILE_USAGE": json.dumps(usage)},
-        worker_env={"WANQ_MAX_IN_FLIGHT": "2"},
-    )
+def test_hostile_usage_ends_each_job_once_with_its_slot_and_money_released(usage_cluster, usage):
+    cluster = usage_cluster
+    assert cluster.redis.zcard(keys.INFLIGHT) == 0, "the shared cluster starts idle"
+    cluster.sim("/_sim/config", {"hostile_usage": json.dumps(usage)})
+    assert cluster.sim("/_sim/config")["hostile_usage"] == json.dumps(usage)
     report = cluster.submit(jobs(4), batch=BatchOptions(max_cost=100.0))
     final = cluster.wait(report.batch_id, timeout=90)
     assert final.counts["succeeded"] == 4
@@ -134,6 +143,8 @@ def test_a_dribbling_output_host_never_starves_creates_and_polls(make_cluster, d
             "WANQ_ARCHIVE_DIR": str(tmp_path / "archive"),
             "WANQ_ARCHIVE_ALLOW_HOSTS": "127.0.0.1",
             "WANQ_ARCHIVE_DEADLINE": "300",  # the dribbler holds on until the test lets go
+            # deliveries deferred while both threads are held are sent again after this
+            "WANQ_SWEEP_GRACE": "3",
         },
     )
     slow = cluster.submit(jobs(3, interleave_every=100, prefix="slow")[1:])

@@ -98,7 +98,8 @@ def test_creates_waiting_for_their_pace_slot_are_not_swept_as_overdue(make_clust
     cluster = make_cluster(
         workers=1,
         sim_env={"WANQ_SIM_LATENCY": "0.3"},
-        worker_env={"WANQ_CREATE_RATE": "3", "WANQ_SWEEP_GRACE": "2", "WANQ_MAX_IN_FLIGHT": "30"},
+        # 24 creates at 6/s: most wait for their slot longer than the grace (up to 4 s)
+        worker_env={"WANQ_CREATE_RATE": "6", "WANQ_SWEEP_GRACE": "2", "WANQ_MAX_IN_FLIGHT": "30"},
     )
     report = cluster.submit(jobs(24))
     final = cluster.wait(report.batch_id, timeout=120)

@@ -19,14 +19,16 @@ import redis
 
 from ops.localstack import LocalStack, Process, wait_for
 from producers.api import Wanq
-from tests.conftest import SIM_ENV, WORKER_ENV, jobs
+from tests.conftest import QUICK_RECOVERY, SIM_ENV, WORKER_ENV, jobs
 from workers import config, keys, transport
 from workers.celeryconf import sending_app
 
 JOBS = 40
 MAXMEMORY = 30_000_000
 HOLD = 8.0  # seconds Redis is kept full: long enough for every in-flight job to meet it
-OOM_ENV = {**WORKER_ENV, "WANQ_SWEEP_GRACE": "3"}  # lost steps re-sent soon after memory is back
+# Lost steps and creates (one that died between POST and storing the ID on a refused write)
+# are re-sent soon after memory is back.
+OOM_ENV = {**WORKER_ENV, **QUICK_RECOVERY, "WANQ_SWEEP_GRACE": "3"}
 FILLER = "oomtest:filler:"
 SENTINEL = transport.SentinelTransport
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ops.localstack import wait_for
-from tests.conftest import jobs
+from tests.conftest import QUICK_RECOVERY, jobs
 from workers import keys
 from workers.store import TERMINAL
 
@@ -33,7 +33,7 @@ def assert_exactly_once(cluster, batch_id: str, n: int) -> list[dict]:
 def test_sigkilled_worker_jobs_resume_on_the_others(make_cluster):
     """A SIGKILLed worker's prefetched creates and held countdown polls come back (kombu's
     visibility timeout, the sweeper under its lease) on the surviving workers, in < 2 min."""
-    cluster = make_cluster(workers=3, sim_env={"WANQ_SIM_LATENCY": "4"})
+    cluster = make_cluster(workers=3, sim_env={"WANQ_SIM_LATENCY": "4"}, worker_env=QUICK_RECOVERY)
     report = cluster.submit(jobs(300))
     client = cluster.client()
     wait_for(lambda: client.status(report.batch_id).ended >= 60, "a fifth of the batch", 120)

@@ -26,6 +26,9 @@ FAILOVER_ENV = {
     "WANQ_VISIBILITY_TIMEOUT": "20",
     "WANQ_MAX_COUNTDOWN": "5",
     "WANQ_SWEEP_GRACE": "5",
+    # the sweeper's lease, taken on the old master by a worker process that died with it
+    # (a worker restarts when its Redis dies), is taken over this soon on the new one
+    "WANQ_LEASE_TTL": "3",
 }
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from PIL import Image
 
 from ops.localstack import wait_for
+from tests.conftest import QUICK_RECOVERY
 from workers import keys
 from workers.store import TERMINAL
 
@@ -105,7 +106,13 @@ def test_failed_jobs_keep_payload_and_images_for_a_retry_then_release_them(make_
 def test_sigkilled_workers_lose_no_needed_image_and_leak_none(make_cluster, tmp_path):
     # a short visibility timeout: the killed worker's messages come back within the test;
     # an in-flight cap: most jobs wait parked for a slot meanwhile, and must stay rebuildable
-    fast = {"WANQ_VISIBILITY_TIMEOUT": "20", "WANQ_MAX_COUNTDOWN": "10", "WANQ_MAX_IN_FLIGHT": "30"}
+    # and what the killed worker had claimed is sent again within seconds (QUICK_RECOVERY)
+    fast = {
+        **QUICK_RECOVERY,
+        "WANQ_VISIBILITY_TIMEOUT": "10",
+        "WANQ_MAX_COUNTDOWN": "5",
+        "WANQ_MAX_IN_FLIGHT": "30",
+    }
     cluster = make_cluster(workers=3, sim_env={"WANQ_SIM_LATENCY": "2"}, worker_env=fast)
     a, b = make_jpeg(tmp_path / "a.jpg", 4), make_jpeg(tmp_path / "b.jpg", 5)
     report = cluster.submit([line(i, [str(a), str(b)][: 1 + i % 2]) for i in range(120)])

@@ -1,5 +1,7 @@
 """Data at scale (issue 12): Redis bytes per job and the submitter's peak memory for a batch
-whose jobs all share two local 3 MB JPEGs, and Redis memory after batches are purged.
+whose jobs all share two local 3 MB JPEGs, and Redis memory after batches are purged. The
+tiny size (the smoke test's) uses 0.3 MB images and batches of 10 jobs to purge: its figures
+only show that the phase runs.
 
     redis_bytes_per_job_shared_images   (used_memory after - before - the images) / jobs,
                                         no worker running: every job stays queued
@@ -33,6 +35,8 @@ from workers.retention import Purger
 IMAGE_BYTES = 3_000_000  # each shared JPEG: about this size
 PURGE_BATCHES = 3
 PURGE_JOBS = 50  # jobs per purged batch (each sends the simulator two 4 MB data URIs)
+TINY_IMAGE_BYTES = 300_000
+TINY_PURGE_JOBS = 10
 
 
 @dataclass
@@ -48,16 +52,26 @@ class DataResult:
     after_purge_memory: int
     keys_left: int
     parts: dict[str, int]  # one job's record and payload (MEMORY USAGE), its message's length
+    image_target: int = IMAGE_BYTES  # each shared JPEG's size, about
+    purge_jobs: int = PURGE_JOBS  # jobs per purged batch
 
 
 def jobs_for(params: Params) -> int:
     return {"full": 2000, "quick": 500}.get(params.size, 100)
 
 
+def image_bytes_for(params: Params) -> int:
+    return TINY_IMAGE_BYTES if params.size == "tiny" else IMAGE_BYTES
+
+
+def purge_jobs_for(params: Params) -> int:
+    return TINY_PURGE_JOBS if params.size == "tiny" else PURGE_JOBS
+
+
 def make_jpeg(path: Path, seed: int, target: int = IMAGE_BYTES) -> Path:
     """A noise JPEG near ``target`` bytes (noise does not compress)."""
     rng = random.Random(seed)
-    side = 1000
+    side = max(100, round(1000 * (target / IMAGE_BYTES) ** 0.5))  # 1000 for 3 MB
     while True:
         Image.frombytes("RGB", (side, side), rng.randbytes(side * side * 3)).save(path, quality=85)
         size = path.stat().st_size
@@ -127,10 +141,11 @@ def run(bench: Bench) -> DataResult:
     n = jobs_for(bench.params)
     root = bench.data_dir / "data-bench"
     root.mkdir(exist_ok=True)
-    images = [make_jpeg(root / f"shared-{k}.jpg", k) for k in range(2)]
+    target, purge_jobs = image_bytes_for(bench.params), purge_jobs_for(bench.params)
+    images = [make_jpeg(root / f"shared-{k}.jpg", k, target) for k in range(2)]
     big = write_batch(root / "shared.jsonl", n, images)
     small = write_batch(root / "shared-small.jsonl", max(1, n // 10), images)
-    purged = write_batch(root / "purged.jsonl", PURGE_JOBS, images)
+    purged = write_batch(root / "purged.jsonl", purge_jobs, images)
     r = bench.redis()
 
     bench.flush()
@@ -172,6 +187,8 @@ def run(bench: Bench) -> DataResult:
         after_purge_memory=after_purge,
         keys_left=left,
         parts=parts,
+        image_target=target,
+        purge_jobs=purge_jobs,
     )
 
 
@@ -181,7 +198,7 @@ def figures(res: DataResult) -> list[report.Figure]:
     return [
         report.figure(
             "redis_bytes_per_job_shared_images",
-            "Redis bytes per job, two shared 3 MB images",
+            f"Redis bytes per job, two shared {res.image_target / 1e6:g} MB images",
             res.bytes_per_job,
             "B",
             ("<", 4096, "plus one raw copy of each distinct image"),
@@ -193,7 +210,7 @@ def figures(res: DataResult) -> list[report.Figure]:
         ),
         report.figure(
             "submit_peak_rss_mb_shared_images",
-            "Peak RSS of wanq submit, two shared 3 MB images",
+            f"Peak RSS of wanq submit, two shared {res.image_target / 1e6:g} MB images",
             res.submit_rss_mb,
             "MB",
             ("<", 250, "and within 20 % of 10x fewer lines"),
@@ -212,7 +229,7 @@ def figures(res: DataResult) -> list[report.Figure]:
             ("<", 5, "and no wanq key of the purged batches left"),
             "what the workers keep that belongs to no batch (stats, pacing, the results "
             "stream's emptied radix tree) and allocator fragmentation",
-            f"{PURGE_BATCHES} batches of {PURGE_JOBS} jobs after a warm-up batch; "
+            f"{PURGE_BATCHES} batches of {res.purge_jobs} jobs after a warm-up batch; "
             f"{res.baseline_memory:,} -> "
             f"{res.after_purge_memory:,} bytes; {res.keys_left} keys left",
             also=res.keys_left == 0,
