@@ -11,8 +11,9 @@ import uuid
 import redis
 
 from producers.publish import _Template, task_publisher, uuid4s
-from workers import keys
+from workers import config, keys
 from workers.app import app
+from workers.celeryconf import sending_app
 
 PER_MESSAGE = {"id", "root_id", "correlation_id", "delivery_tag"}  # fresh for each message
 
@@ -48,13 +49,17 @@ def test_bulk_messages_are_those_send_task_writes(redis_url):
 
 
 def test_task_sent_events_reach_an_event_receiver(redis_url):
+    """Producers send task-sent events for the creates they queue (the workers' app sends none
+    for the polls it publishes: workers.worker)."""
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     received: list[dict] = []
-    with app.connection_for_read(redis_url) as connection:
-        receiver = app.events.Receiver(connection, handlers={"task-sent": received.append})
+    producer = sending_app(config.load({"WANQ_REDIS_URL": redis_url}))
+    assert producer.conf.task_send_sent_event and not app.conf.task_send_sent_event
+    with producer.connection_for_read(redis_url) as connection:
+        receiver = producer.events.Receiver(connection, handlers={"task-sent": received.append})
         capture = receiver.itercapture(limit=None, timeout=0.5, wakeup=False)
         next(capture)  # subscribed
-        with task_publisher(app, client, redis_url) as publisher:
+        with task_publisher(producer, client, redis_url) as publisher:
             publisher.publish("wanq.create", [(f"b1:job-{n}", 0) for n in range(3)])
         with contextlib.suppress(TimeoutError, StopIteration):  # drained until quiet
             next(capture)
