@@ -73,7 +73,10 @@ class QoS(kombu_redis.QoS):
 
     def restore_visible(self, *args: Any, **kwargs: Any) -> None:
         self.restore_refused()
-        super().restore_visible(*args, **kwargs)
+        try:  # kombu's mutex is a SET NX, refused by a full Redis: restore at a later round
+            super().restore_visible(*args, **kwargs)
+        except OOM_ERRORS:
+            log.warning("Redis is full: unacked messages are restored once it takes writes")
 
     def restore_unacked(self, client: Any = None) -> None:
         self.restore_refused()  # at shutdown too, when Redis takes writes again by then
