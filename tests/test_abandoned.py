@@ -33,7 +33,7 @@ def running(store: JobStore, job_id: str = "b:j", task: str = "sim-1") -> int:
     batch_id, custom_id = job_id.split(":")
     store.open_batch(batch_id, {"state": "active"})
     store.enqueue_many(batch_id, [(custom_id, REQUEST, 1)])
-    claim = store.claim(job_id, store.job_seq(job_id), 60.0, 2, 0.03)
+    claim = store.claim(job_id, store.job_seq(job_id), 60.0, 2)
     assert claim.applied
     step = store.step(
         job_id, claim.seq, (State.CREATING,), State.RUNNING, fields={"remote_task_id": task}
@@ -222,23 +222,31 @@ def test_follow_gives_up_after_the_deadline(store):
     assert done["given_up"] == 1 and money(store) == (0, 60_000, 0)
 
 
-def test_the_sweeper_counts_what_the_provider_billed_for_abandoned_tasks(make_cluster):
-    """Generations outlast the poll deadline: every job fails 001021098 while its task runs
-    on. The sweeper follows the tasks to their end and counts what the simulator billed."""
+def abandoned_batch(make_cluster, jobs: int, settle_within: float = 60.0):
+    """Generations (2.5 s) outlast the poll deadline (1 s): every job fails 001021098 while
+    its remote task runs on. Returns (cluster, client, batch ID) once the sweeper has followed
+    every task to its end."""
     cluster = make_cluster(
         workers=1,
         sim_env={"WANQ_SIM_LATENCY": "2.5", "WANQ_SIM_LATENCY_JITTER": "0"},
         worker_env={"WANQ_POLL_DEADLINE": "1", "WANQ_POLL_FIRST": "0.3"},
     )
     client = cluster.client()
-    report = cluster.submit(edit_jobs(3))
+    report = cluster.submit(edit_jobs(jobs))
     first = cluster.wait(report.batch_id, timeout=60)
-    assert first.failures == {errors.STATUS_CHECK: 3}
-    deadline = time.monotonic() + 60
+    assert first.failures == {errors.STATUS_CHECK: jobs}
+    deadline = time.monotonic() + settle_within
     while client.status(report.batch_id).abandoned:
         assert time.monotonic() < deadline, "the sweeper never learned the abandoned costs"
-        time.sleep(0.2)
-    final = client.status(report.batch_id)
+        time.sleep(0.1)
+    return cluster, client, report.batch_id
+
+
+def test_the_sweeper_counts_what_the_provider_billed_for_abandoned_tasks(make_cluster):
+    """The sweeper follows the abandoned tasks to their end and counts what the simulator
+    billed."""
+    cluster, client, batch_id = abandoned_batch(make_cluster, 3)
+    final = client.status(batch_id)
     stats = cluster.sim("/_sim/stats")
     billed = stats["images_completed"] * 0.03
     assert stats["tasks_total"] == 3 and billed > 0

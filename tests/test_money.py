@@ -9,6 +9,7 @@ import time
 import pytest
 
 from producers.api import BatchOptions
+from tests.test_abandoned import abandoned_batch
 from tests.test_batches import drained, edit_jobs
 from workers import keys
 from workers.names import State
@@ -45,11 +46,11 @@ def test_a_lost_create_is_counted_even_when_its_batch_no_longer_lets_it_go_on(re
     store = JobStore.from_url(redis_url)
     store.open_batch("b", {"state": "active"})
     store.enqueue_many("b", [("j", REQUEST, 1)])
-    claim = store.claim("b:j", 0, 0.0, 1, 0.03)  # window 0: the claim is at once "old"
+    claim = store.claim("b:j", 0, 0.0, 1)  # window 0: the claim is at once "old"
     assert claim.applied
     store.set_control("b", "paused")  # then its worker died mid-create, and the batch paused
-    refused = store.claim("b:j", claim.seq, 0.0, 1, 0.03)
-    again = store.claim("b:j", claim.seq, 0.0, 1, 0.03)
+    refused = store.claim("b:j", claim.seq, 0.0, 1)
+    again = store.claim("b:j", claim.seq, 0.0, 1)
     assert (refused.applied, refused.previous, again.previous) == (False, "paused", "paused")
     assert store.stats()["create_window_losses"] == "1", "counted once, though refused twice"
     batch = store.batch("b")
@@ -60,9 +61,9 @@ def test_a_busy_create_is_judged_by_the_redis_clock(redis_url):
     store = JobStore.from_url(redis_url)
     store.open_batch("b", {"state": "active"})
     store.enqueue_many("b", [("j", REQUEST, 1)])
-    claim = store.claim("b:j", 0, 60.0, 1, 0.03)
+    claim = store.claim("b:j", 0, 60.0, 1)
     # a worker whose clock runs 60 s ahead sends the create again: its clock is not asked
-    assert store.claim("b:j", claim.seq, 60.0, 1, 0.03).previous == "busy"
+    assert store.claim("b:j", claim.seq, 60.0, 1).previous == "busy"
     assert "create_window_losses" not in store.stats()
 
 
@@ -102,25 +103,11 @@ def test_finish_refuses_a_bad_cost_before_writing_anything(redis_url):
 def test_a_retry_follows_a_known_remote_task_instead_of_paying_again(make_cluster):
     """Status checks ran out (001021098) while the remote task ran on; ``wanq retry`` picks
     the finished task up instead of creating (and paying for) another."""
-    cluster = make_cluster(
-        workers=1,
-        sim_env={"WANQ_SIM_LATENCY": "2.5", "WANQ_SIM_LATENCY_JITTER": "0"},
-        worker_env={"WANQ_POLL_DEADLINE": "1", "WANQ_POLL_FIRST": "0.3"},
-    )
-    client = cluster.client()
-    report = cluster.submit(edit_jobs(4))
-    first = cluster.wait(report.batch_id, timeout=60)
-    assert first.failures == {"001021098": 4}
-    deadline = time.monotonic() + 30
-    while cluster.sim("/_sim/stats")["tasks_by_state"].get("completed", 0) < 4:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-    while client.status(report.batch_id).abandoned:  # the sweeper learns their cost first
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-    assert abs(client.status(report.batch_id).cost - 4 * 0.03) < 1e-9
-    assert client.retry(report.batch_id) == 4
-    final = cluster.wait(report.batch_id, timeout=60)
+    cluster, client, batch_id = abandoned_batch(make_cluster, 4, settle_within=30)
+    assert cluster.sim("/_sim/stats")["tasks_by_state"].get("completed", 0) == 4
+    assert abs(client.status(batch_id).cost - 4 * 0.03) < 1e-9  # the sweeper learned it
+    assert client.retry(batch_id) == 4
+    final = cluster.wait(batch_id, timeout=60)
     assert final.counts["succeeded"] == 4
     assert cluster.sim("/_sim/stats")["tasks_total"] == 4, "nothing was created twice"
     assert abs(final.cost - 4 * 0.03) < 1e-9, "the abandoned tasks' cost is counted, once"

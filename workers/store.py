@@ -30,6 +30,7 @@ __all__ = ["ALL_STATES", "TERMINAL", "Finish", "JobStore", "State", "Step"]
 HOLDS = frozenset(h.value for h in Hold)
 
 STREAM_MAXLEN = 1_000_000
+DEFAULT_UNIT_MICROS = 30_000  # WANQ_UNIT_PRICE's default, $0.03 per image
 PRICE_MEMORY = 60.0  # seconds a process trusts the batch price it saw recorded
 PRICE_MEMORY_BATCHES = 1_000
 ENQUEUE_SLICE = 100  # jobs per enqueue script: Redis runs nothing else meanwhile (~1 ms)
@@ -106,7 +107,7 @@ class JobStore:
         client: redis.Redis,
         max_in_flight: int = 0,
         always_deliver: bool = False,
-        unit_micros: int = 30_000,
+        unit_micros: int = DEFAULT_UNIT_MICROS,
     ) -> None:
         self.redis = client
         self.max_in_flight = max_in_flight
@@ -126,7 +127,7 @@ class JobStore:
         url: str,
         max_in_flight: int = 0,
         always_deliver: bool = False,
-        unit_micros: int = 30_000,
+        unit_micros: int = DEFAULT_UNIT_MICROS,
     ) -> JobStore:
         return cls(connect(url), max_in_flight, always_deliver, unit_micros)
 
@@ -411,12 +412,12 @@ class JobStore:
         seq: int,
         window: float,
         worst_images: int,
-        unit_price: float,
         probe: bool = False,
     ) -> Step:
-        """Claim for creation (lua/claim.lua). When not applied, ``previous`` says why: stale,
-        busy, account, cancelled, paused, budget, full or pricing; when applied, the state it
-        was claimed from (``creating``: the last claim died between POST and ID)."""
+        """Claim for creation (lua/claim.lua), reserving at the store's unit price or the
+        batch's learned one. When not applied, ``previous`` says why: stale, busy, account,
+        cancelled, paused, budget, full or pricing; when applied, the state it was claimed
+        from (``creating``: the last claim died between POST and ID)."""
         batch_id = keys.batch_of(job_id)
         applied, new_seq, why = self._scripts["claim"](
             keys=[keys.job(job_id), keys.batch(batch_id), keys.DUE, keys.QUEUED],
@@ -425,7 +426,7 @@ class JobStore:
                 seq,
                 repr(window),
                 worst_images,
-                round(unit_price * 1_000_000),
+                self.unit_micros,
                 self.max_in_flight,
                 "1" if probe else "0",
             ],

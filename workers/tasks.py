@@ -109,9 +109,7 @@ def create_step(
             raise task.retry(kwargs={"probe": probe, "paced": reserved}, countdown=countdown)
 
     request = jobs.request(job_id, view.payload) or {}
-    claim = jobs.claim(
-        job_id, seq, rt.create_window(), worst_case_images(request), settings.unit_price, probe
-    )
+    claim = jobs.claim(job_id, seq, rt.create_window(), worst_case_images(request), probe)
     if not claim.applied:
         return _not_claimed(rt, view, claim.previous)
     if claim.previous == State.CREATING:
@@ -174,7 +172,7 @@ def _create_remote(
         return "failed"
     except Transient as exc:
         if exc.ambiguous:  # the POST may have made a task: a possible duplicate, counted
-            unseen = worst_case_images(request) * round(settings.unit_price * 1_000_000)
+            unseen = worst_case_images(request) * jobs.unit_micros
             jobs.count_ambiguous_create(job_id, unseen)
         if exc.http_status == 429:
             rate = pacing.tighten(jobs.redis, settings.create_rate)
