@@ -176,7 +176,7 @@ def _unpriced_images(store: JobStore, job_id: str, usage: dict[str, Any] | None)
     images = usage.get("image_count")
     if isinstance(images, int) and not isinstance(images, bool):
         return images
-    return worst_case_images(store.request(job_id) or {})
+    return worst_case_images(store.request(job_id, with_images=False) or {})  # parameters only
 
 
 def _decode(raw: str | None, default: Any) -> Any:

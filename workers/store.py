@@ -273,10 +273,15 @@ class JobStore:
     def queue_length(self, queue: str) -> int:
         return int(self.redis.llen(queue))
 
-    def request(self, job_id: str, raw: str | None = None) -> dict[str, Any] | None:
-        """The job's request with its images; ``raw`` is the payload if already read."""
+    def request(
+        self, job_id: str, raw: str | None = None, *, with_images: bool = True
+    ) -> dict[str, Any] | None:
+        """The job's request with its images (or with their references only, for a caller
+        that reads its parameters); ``raw`` is the payload if already read."""
         if raw is None:
             raw = text(self.redis.get(keys.payload(job_id))) or None
+        if raw and not with_images:
+            return dict(json.loads(raw))
         try:
             return images.resolve(self.redis, json.loads(raw)) if raw else None
         except images.ImageMissing:  # the job ended (and let go of it) since the GET
