@@ -79,7 +79,7 @@ def test_defaults_cover_ten_second_to_ten_minute_generations():
     settings = config.load({})
 
     def learned(generation: float) -> schedule.Estimate:  # every sample the same time
-        return schedule.Estimate(first=generation, median=generation, tail=generation)
+        return schedule.Estimate(generation, generation, generation, later=(generation,) * 3)
 
     assert schedule.first_poll_delay(learned(300.0), settings) == pytest.approx(300.0)
     for generation in (10.0, 80.0, 300.0, 600.0):

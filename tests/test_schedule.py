@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -62,19 +63,42 @@ def test_quantiles_of_the_window_resist_outliers():
     assert mean > 10 * plain.quantile(0.5)  # what the old running mean would have learned
 
 
-def test_later_polls_are_spaced_by_the_median_then_grow_past_the_tail():
+def test_later_polls_climb_the_ladder_then_are_spaced_by_the_median_then_grow():
     rng = random.Random(2)
     estimate = schedule.Estimate.of(narrow(uniform(10.0, 0.25)))
     assert estimate is not None
+    rungs = [7.5 + 5.0 * q for q in schedule.SHAPE.ladder]  # quantiles of uniform(7.5, 12.5)
+    assert estimate.later == pytest.approx(rungs[1:], abs=0.15)
+    tolerance = schedule.JITTER + 0.01
+    after_first = schedule.next_poll_delay(1, rungs[0], estimate, SETTINGS, rng)
+    assert after_first == pytest.approx(estimate.later[0] - rungs[0], rel=tolerance)
+    gaps = [b - a for a, b in itertools.pairwise(rungs)]
+    assert gaps == sorted(gaps, reverse=True)  # the steps shrink towards the tail
+    close = estimate.later[0] - schedule.MIN_INTERVAL / 2  # too close to the next rung: skip it
+    skipped = schedule.next_poll_delay(2, close, estimate, SETTINGS, rng)
+    assert skipped == pytest.approx(estimate.later[1] - close, rel=tolerance)
     spacing = schedule.SHAPE.spacing * estimate.median
-    inside = [schedule.next_poll_delay(k, 9.0 + k, estimate, SETTINGS, rng) for k in range(1, 4)]
-    assert all(d == pytest.approx(spacing, rel=schedule.JITTER + 0.01) for d in inside)
+    past = [schedule.next_poll_delay(k, 12.6 + k / 10, estimate, SETTINGS, rng) for k in (4, 5)]
+    assert all(d == pytest.approx(spacing, rel=tolerance) for d in past)
     late = [schedule.next_poll_delay(k, t, estimate, SETTINGS, rng) for k, t in [(5, 40), (6, 80)]]
     assert spacing * 2 < late[0] < late[1] <= SETTINGS.poll_max_interval * 1.1
     cold = [schedule.next_poll_delay(k, 9.0, None, SETTINGS, rng) for k in range(1, 12)]
     assert cold[0] == pytest.approx(SETTINGS.poll_first * 0.08, rel=0.06)
     assert cold[6] > cold[0] * 2
     assert all(d <= SETTINGS.max_countdown for d in late + cold)
+
+
+def test_the_ladder_keeps_polls_per_job_whatever_the_spread():
+    """Polls aimed at quantiles cost about 1 + sum(1 - q) whatever the distribution's width
+    (fewer when rungs fall closer than MIN_INTERVAL and are skipped); even spacing in time
+    (the earlier shape) pays for a wide spread in polls."""
+    even = schedule.Shape(ladder=(0.55,), spacing=0.10)
+    expected = 1 + sum(1 - q for q in schedule.SHAPE.ladder)
+    narrow_spread = pollmodel.simulate(schedule.SHAPE, jitter=0.1, rounds=30)
+    assert 1.5 < narrow_spread.polls_per_job <= expected + 0.1
+    wide = pollmodel.simulate(schedule.SHAPE, jitter=0.5, rounds=30)
+    assert wide.polls_per_job == pytest.approx(expected, abs=0.12)
+    assert pollmodel.simulate(even, jitter=0.5, rounds=30).polls_per_job > expected + 0.3
 
 
 def test_every_countdown_stays_below_half_the_visibility_timeout():

@@ -3,23 +3,32 @@
 Polling learns the DISTRIBUTION of generation times, not one mean: each finished job gives
 a bracket ``(lo, hi]`` (the last poll that saw it running, the poll that saw it done; a job
 done at its first poll gives ``(0, hi]``), and the estimate is the mixture of those brackets,
-each spread evenly over its width. From it:
+each spread evenly over its width. Polls are aimed at a LADDER of its quantiles
+(``Shape.ladder``), then spaced past it:
 
-- the first poll is aimed at the ``Shape.first_quantile`` of generation times, so about that
-  share of jobs is seen at one poll. Brackets of jobs done at their first poll start at 0, so a
-  first poll aimed too late pulls its own quantile down, and one aimed too early is corrected
-  from the narrow brackets above it: the schedule settles where the share done at the first
-  poll is ``first_quantile``;
-- later polls come every ``spacing`` x the median generation time (the lag of a job is at
-  most one spacing), until the ``tail_quantile``; past it the interval grows by
-  ``poll_factor - 1`` of the time already spent past the tail, so outliers cost few polls.
+- the first poll is aimed at the ladder's first quantile, so about that share of jobs is seen
+  at one poll. Brackets of jobs done at their first poll start at 0, so a first poll aimed
+  too late pulls its own quantile down, and one aimed too early is corrected from the narrow
+  brackets above it: the schedule settles where the share done at the first poll is that
+  quantile;
+- the next polls go to the ladder's next quantiles. Its steps shrink (0.45, 0.74, 0.91,
+  0.98: 29, 17, then 7 points), because a job's lag is the gap between the poll before its
+  end and the poll after, and a poll is paid by every job still running at the poll before
+  it: wide gaps early, while most jobs pay, and narrow ones late, when few are left to pay,
+  cost the fewest polls for a lag (optimal inspection times shrink their gaps by a constant
+  amount where the density is flat). In time this puts polls close where completions are dense and
+  far apart where they are rare, whatever the distribution's shape;
+- past the ladder, polls come every ``spacing`` x the median generation time, growing by
+  ``poll_factor - 1`` of the time spent past the ``tail_quantile``, so outliers cost few polls.
 
-Aiming the first poll past the median is what keeps polls per job under 2: more than half
-of the jobs need one poll, and their lag (up to the spread below the aim) is the price;
-the median lag stays under one spacing. For generation times spread +-25 % around their
-mean, a model of the schedule alone gives 1.8 polls per job at a median lag of 0.077 and a
-p95 lag of 0.25 of the mean (``python -m ops.bench.pollmodel`` prints the curve the shape
-sits on: 0.45 / 0.14 gives 1.9 polls, 0.088 and 0.19). Every delay is capped by
+Polls per job are then about 1 + the sum of ``1 - q`` over the ladder (1.92 here), whatever
+the distribution's width. For generation times spread +-25 % around
+their mean, a model of the schedule alone gives 1.91 polls per job at a mean lag of 0.085, a
+median of 0.072 and a p95 of 0.20 of the mean; the previous shape (one quantile, 0.55, then
+even spacing) gave 1.79 polls at a mean lag of 0.097 (p95 0.25), and 2.35 polls where
+generation times spread +-50 % (the ladder: 1.90). ``python -m ops.bench.pollmodel`` prints
+the curve the shapes sit on. The mean lag is what throughput pays (a slot is held until its
+job is seen done), polls per job what the CPU pays. Every delay is capped by
 ``max_countdown`` (see config).
 """
 
@@ -36,9 +45,14 @@ from workers.config import Settings
 class Shape:
     """Where polls go, in terms of the learned distribution (see the module docstring)."""
 
-    first_quantile: float = 0.55  # share of jobs the first poll is aimed to find done
-    spacing: float = 0.10  # later polls: this fraction of the median generation time apart
+    ladder: tuple[float, ...] = (0.45, 0.74, 0.91, 0.98)  # quantiles the polls aim at, in turn
+    spacing: float = 0.06  # past the ladder: this fraction of the median generation time apart
     tail_quantile: float = 0.95  # past this, intervals grow with the time already waited
+
+    @property
+    def first_quantile(self) -> float:
+        """The share of jobs the first poll is aimed to find done."""
+        return self.ladder[0]
 
 
 SHAPE = Shape()
@@ -111,28 +125,31 @@ class Distribution:
                 hi = mid
         return hi
 
-    def summary(self, shape: Shape = SHAPE) -> dict[str, float]:
-        """The figures the schedule uses, computed once per estimate (see workers.latency)."""
-        return {
-            "first": self.quantile(shape.first_quantile),
-            "median": self.quantile(0.5),
-            "tail": self.quantile(shape.tail_quantile),
-            "spacing": shape.spacing,
-        }
-
 
 @dataclass(frozen=True)
 class Estimate:
-    """What the schedule needs of the learned distribution: three quantiles."""
+    """What the schedule needs of the learned distribution: the times of the ladder's
+    quantiles, the median and the tail quantile."""
 
-    first: float  # the shape's first quantile of generation times: the first poll's aim
+    first: float  # the ladder's first quantile of generation times: the first poll's aim
     median: float
     tail: float  # the shape's tail quantile: past it, intervals grow
-    spacing: float = SHAPE.spacing  # later polls: this x the median apart
+    spacing: float = SHAPE.spacing  # past the ladder: polls this x the median apart
+    later: tuple[float, ...] = ()  # the ladder's other quantiles: the next polls' aims
 
     @classmethod
     def of(cls, distribution: Distribution | None, shape: Shape = SHAPE) -> Estimate | None:
-        return None if distribution is None else cls(**distribution.summary(shape))
+        """The figures the schedule uses, computed once per estimate (see workers.latency)."""
+        if distribution is None:
+            return None
+        first, *later = (distribution.quantile(q) for q in shape.ladder)
+        return cls(
+            first=first,
+            median=distribution.quantile(0.5),
+            tail=distribution.quantile(shape.tail_quantile),
+            spacing=shape.spacing,
+            later=tuple(later),
+        )
 
 
 def first_poll_delay(estimate: Estimate | None, settings: Settings) -> float:
@@ -150,12 +167,18 @@ def next_poll_delay(
 ) -> float:
     """Delay after an unfinished poll, ``elapsed`` seconds after creation.
 
-    With an estimate: every ``spacing`` x median until the tail quantile, then growing by
-    ``poll_factor - 1`` of the time spent past the tail. Without: NEXT_POLL_FRACTION x
-    ``poll_first``, growing by ``poll_factor`` per poll."""
+    With an estimate: at the next rung of the ladder at least MIN_INTERVAL away, then every
+    ``spacing`` x median, growing by ``poll_factor - 1`` of the time spent past the tail
+    quantile. Without: NEXT_POLL_FRACTION x ``poll_first``, growing by ``poll_factor`` per
+    poll."""
+    rung = None
+    if estimate is not None:
+        rung = next((t - elapsed for t in estimate.later if t - elapsed >= MIN_INTERVAL), None)
     if estimate is None:
         delay = settings.poll_first * NEXT_POLL_FRACTION
         delay *= settings.poll_factor ** max(0, polls_done - 1)
+    elif rung is not None:
+        delay = rung
     else:
         delay = max(
             estimate.spacing * estimate.median,

@@ -6,7 +6,8 @@ as the workers do: brackets go into a window of workers.latency.WINDOW, and the 
 job is created with is the one of ``LAG_ROUNDS`` rounds before (a job's bracket arrives a
 generation time after its creation). Each poll runs a little late (exponential, mean
 ``late`` x L: the queue and the worker). It prints the trade-off curve over the schedule's
-shape: polls per job against p50 and p95 lag, as fractions of L.
+shape (SHAPES: ladders of quantiles, see workers.schedule): polls per job against the mean,
+p50 and p95 lag, as fractions of L.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class Point:
     polls_per_job: float
     lag_p50: float  # fractions of L
     lag_p95: float
+    lag_mean: float  # what throughput pays: a slot is held until its job is seen done
     first_share: float  # jobs seen done at their first poll
 
 
@@ -66,31 +68,40 @@ def simulate(
                 firsts += n == 1
         estimates.append(schedule.Estimate.of(schedule.Distribution.of(window), shape))
     q = statistics.quantiles(lags, n=100, method="inclusive")
-    return Point(shape, statistics.fmean(polls), q[49], q[94], firsts / len(polls))
+    return Point(
+        shape, statistics.fmean(polls), q[49], q[94], statistics.fmean(lags), firsts / len(polls)
+    )
 
 
-def sweep(
-    firsts: tuple[float, ...] = (0.3, 0.45, 0.55, 0.65),
-    spacings: tuple[float, ...] = (0.08, 0.1, 0.14, 0.2),
-    jitter: float = 0.25,
-) -> list[Point]:
-    return [
-        simulate(schedule.Shape(first_quantile=f, spacing=s), jitter)
-        for f in firsts
-        for s in spacings
-    ]
+SHAPES = (  # ladders of 1 to 5 quantiles, with the spacing past them
+    schedule.Shape(ladder=(0.30,), spacing=0.10),
+    schedule.Shape(ladder=(0.45,), spacing=0.10),
+    schedule.Shape(ladder=(0.55,), spacing=0.10),  # the shape before the ladder
+    schedule.Shape(ladder=(0.55,), spacing=0.14),
+    schedule.Shape(ladder=(0.65,), spacing=0.10),
+    schedule.Shape(ladder=(0.50, 0.78, 0.93), spacing=0.06),
+    schedule.SHAPE,
+    schedule.Shape(ladder=(0.42, 0.72, 0.90, 0.97), spacing=0.08),
+    schedule.Shape(ladder=(0.38, 0.68, 0.88, 0.97), spacing=0.06),
+    schedule.Shape(ladder=(0.30, 0.58, 0.80, 0.93, 0.99), spacing=0.05),
+)
+
+
+def sweep(shapes: tuple[schedule.Shape, ...] = SHAPES, jitter: float = 0.25) -> list[Point]:
+    return [simulate(shape, jitter) for shape in shapes]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ops.bench.pollmodel", description=__doc__)
     parser.add_argument("--jitter", type=float, default=0.25, help="generation times L x (1 +- j)")
     args = parser.parse_args(argv)
-    print("first_quantile spacing | polls/job  lag p50/L  lag p95/L  done at 1st poll")
+    print("ladder (quantiles)        spacing | polls/job  lag mean/L  p50/L  p95/L  done at 1st")
     for p in sweep(jitter=args.jitter):
         mark = "  <- default" if p.shape == schedule.SHAPE else ""
+        ladder = ", ".join(f"{q:.2f}" for q in p.shape.ladder)
         print(
-            f"{p.shape.first_quantile:14.2f} {p.shape.spacing:7.2f} | {p.polls_per_job:9.2f} "
-            f"{p.lag_p50:10.3f} {p.lag_p95:10.3f} {p.first_share:17.0%}{mark}"
+            f"{ladder:25s} {p.shape.spacing:7.2f} | {p.polls_per_job:9.2f} {p.lag_mean:11.3f} "
+            f"{p.lag_p50:6.3f} {p.lag_p95:6.3f} {p.first_share:12.0%}{mark}"
         )
     return 0
 
