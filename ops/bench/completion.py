@@ -58,6 +58,8 @@ class RunResult:
     refill_p95_s: float = float("nan")
     timeline: list[int] = field(default_factory=list)  # records per interval of L seconds
     loadavg: float = float("nan")  # the machine's 1-min load average as the run ended
+    lag_mean_s: float = float("nan")  # what each slot cycle pays besides generating
+    first_round_s: float = float("nan")  # start of submission to the C-th remote task created
 
     @property
     def tasks_per_job(self) -> float:
@@ -150,6 +152,8 @@ def run(
         refill_p95_s=quantile(refills, 0.95),
         timeline=timeline,
         loadavg=os.getloadavg()[0],
+        lag_mean_s=statistics.fmean(lags) if lags else float("nan"),
+        first_round_s=first_round(remote.values(), started, params.cap),
     )
 
 
@@ -193,6 +197,13 @@ def remote_tasks(bench: Bench, task_ids: list[str]) -> dict[str, dict[str, Any]]
     if missing:
         raise RuntimeError("the simulator's /_sim/tasks/{id} gives no completes_at")
     return found
+
+
+def first_round(tasks: Any, started: float, cap: int) -> float:
+    """Seconds from the start until the cap was first full: the C-th remote task's creation
+    (every slot's chain of jobs starts that much later than an instant start would)."""
+    created = sorted(float(task["created_at"]) for task in tasks)
+    return created[min(cap, len(created)) - 1] - started if created else float("nan")
 
 
 def peak(tasks: Any) -> int:

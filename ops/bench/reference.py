@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ class ReferenceResult:
     peak_in_flight: int
     cpu_s: float
     loadavg: float  # the machine's 1-min load average as the run ended
+    lag_mean_s: float = float("nan")
+    first_round_s: float = float("nan")  # start to the C-th remote task created
 
     @property
     def cpu_s_per_1000(self) -> float:
@@ -61,4 +64,6 @@ def run(bench: Bench) -> ReferenceResult:
         peak_in_flight=completion.peak(remote.values()),
         cpu_s=summary["cpu_s"],
         loadavg=os.getloadavg()[0],
+        lag_mean_s=statistics.fmean(lags) if lags else float("nan"),
+        first_round_s=completion.first_round(remote.values(), summary["started"], params.cap),
     )

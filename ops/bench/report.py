@@ -286,17 +286,22 @@ def _reference(res: Results) -> list[Figure]:
             main.jobs_per_s / ref.jobs_per_s if ref.jobs_per_s else float("nan"),
             "ratio",
             (">=", 0.97),
-            "both hold C remote tasks at once and both end in the last round's tail; wanq "
-            "loses where a slot stands idle or in lag longer: its submission and the first "
-            "creates' Celery messages, the Redis scripts around each step (the freed slot's "
-            "create runs in the poll that freed it: workers/handover.py), and polls that wait "
-            "in the worker's queue or on the GIL",
+            "both hold C remote tasks at once and both end in the last round's tail; a slot's "
+            "cycle is a generation plus the mean lag (the schedule's: the reference spends "
+            "more polls for less of it) plus the time to create the next job, and every "
+            "slot's chain starts when the first round has filled the cap (wanq's submission "
+            "and the first creates' Celery messages; the freed slot's create runs in the poll "
+            "that freed it: workers/handover.py)",
             f"reference (ops/bench/asyncref.py: aiohttp, a semaphore of {p.cap}, first poll "
             f"at 0.9 L then 0.08 L growing 1.25x, results appended to JSONL) {ref.ended:,} jobs "
             f"in {ref.makespan_s:.1f} s = {ref.jobs_per_s:.1f}/s = "
             f"{ref.jobs_per_s / p.limit:.3f} of C/L, {ref.polls_per_job:.2f} polls per job, "
-            f"lag p50 {ref.lag_p50_s:.3f} s / p95 {ref.lag_p95_s:.3f} s, peak "
-            f"{ref.peak_in_flight} in flight; wanq {main.jobs_per_s:.1f}/s. The machine's "
+            f"lag mean {ref.lag_mean_s:.3f} s, p50 {ref.lag_p50_s:.3f} s / p95 "
+            f"{ref.lag_p95_s:.3f} s, cap full after {ref.first_round_s:.2f} s, peak "
+            f"{ref.peak_in_flight} in flight; wanq {main.jobs_per_s:.1f}/s, "
+            f"{main.polls_per_job:.2f} polls per job, lag mean {main.lag_mean_s:.3f} s, "
+            f"p50 {main.lag_p50_s:.3f} s, cap full after {main.first_round_s:.2f} s. "
+            "The machine's "
             f"1-min load average as each run ended: wanq {main.loadavg:.1f}, the reference "
             f"{ref.loadavg:.1f} ({res.environment.get('cpus')} cores; other work shares them)",
         ),
