@@ -17,6 +17,7 @@ from celery import Celery, bootsteps, signals
 from workers import keys, logs, sweeper, tasks
 from workers.celeryconf import sending_app
 from workers.config import Settings
+from workers.event_batches import EventBatches
 from workers.names import TaskName
 from workers.runtime import Runtime
 from workers.sender import celery_sender
@@ -35,6 +36,7 @@ def make_app(settings: Settings) -> Celery:
     app.wanq_runtime = runtime  # type: ignore[attr-defined]  # read by the sweeper step
     tasks.register(app, runtime)
     app.steps["worker"].add(SweeperStep)
+    app.steps["consumer"].add(EventBatches)  # task events published 0.1 s at a time
 
     def setup_logging(loglevel: str | int | None = None, **_: object) -> None:
         """Celery leaves logging to us: one handler, text or JSON, job IDs on job lines."""
