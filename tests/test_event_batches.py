@@ -13,7 +13,6 @@ import redis
 from ops.localstack import wait_for
 from tests.conftest import jobs
 
-
 WORKER_EVENTS = {"task-received", "task-started", "task-succeeded", "task-failed", "task-retried"}
 
 
