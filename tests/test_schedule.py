@@ -88,6 +88,16 @@ def test_later_polls_climb_the_ladder_then_are_spaced_by_the_median_then_grow():
     assert all(d <= SETTINGS.max_countdown for d in late + cold)
 
 
+def test_a_first_poll_cut_short_by_the_countdown_cap_aims_at_the_first_rung_next():
+    estimate = schedule.Estimate.of(narrow(uniform(360.0, 0.1)))  # 324-396 s
+    assert estimate is not None
+    first = schedule.first_poll_delay(estimate, SETTINGS)
+    assert first == SETTINGS.max_countdown < estimate.first
+    then = schedule.next_poll_delay(1, first, estimate, SETTINGS, random.Random(1))
+    assert then == pytest.approx(estimate.first - first, rel=schedule.JITTER + 0.01)
+    assert then < SETTINGS.poll_max_interval * (1 - schedule.JITTER)  # not the interval cap
+
+
 def test_the_ladder_keeps_polls_per_job_whatever_the_spread():
     """Polls aimed at quantiles cost about 1 + sum(1 - q) whatever the distribution's width
     (fewer when rungs fall closer than MIN_INTERVAL and are skipped); even spacing in time

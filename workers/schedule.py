@@ -172,8 +172,9 @@ def next_poll_delay(
     quantile. Without: NEXT_POLL_FRACTION x ``poll_first``, growing by ``poll_factor`` per
     poll."""
     rung = None
-    if estimate is not None:
-        rung = next((t - elapsed for t in estimate.later if t - elapsed >= MIN_INTERVAL), None)
+    if estimate is not None:  # the first rung too: a first poll cut short by max_countdown
+        rungs = (estimate.first, *estimate.later)
+        rung = next((t - elapsed for t in rungs if t - elapsed >= MIN_INTERVAL), None)
     if estimate is None:
         delay = settings.poll_first * NEXT_POLL_FRACTION
         delay *= settings.poll_factor ** max(0, polls_done - 1)
