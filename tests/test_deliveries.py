@@ -16,7 +16,8 @@ import requests
 
 from producers.api import BatchOptions
 from tests.conftest import jobs
-from workers import keys, netguard, webhooks
+from workers import deliveries, keys, netguard, webhooks
+from workers.store import JobStore
 
 SECRET = webhooks.generate_secret()
 
@@ -121,6 +122,27 @@ def test_signed_webhooks_retried_with_the_same_id_and_one_batch_event(make_clust
             client.store.job(keys.job_id(report.batch_id, record["custom_id"]))["webhook"]
         )
         assert state["state"] == "delivered" and state["attempts"] == 2
+
+
+def test_a_job_not_ended_owes_no_webhook(make_cluster, receiver):
+    """A deliver message that outlived a Redis restored to before its job's end (a cut AOF)
+    sends nothing: the job's real end owes its webhook, under the one ID of that end."""
+    cluster = make_cluster(
+        workers=1,
+        worker_env={"WANQ_WEBHOOK_SECRET": SECRET, "WANQ_WEBHOOK_ALLOW_HOSTS": "127.0.0.1"},
+    )
+    report = cluster.submit(jobs(1), batch=BatchOptions(webhook_url=receiver.url))
+    cluster.wait(report.batch_id)
+    from ops.localstack import wait_for
+
+    wait_for(lambda: cluster.redis.zcard(keys.DELIVER) == 0, "webhooks delivered", 60)
+    seen = len(receiver.events)
+    job_id = keys.job_id(report.batch_id, "job-00000")
+    cluster.redis.hset(keys.job(job_id), "state", "running")
+    cluster.redis.hdel(keys.job(job_id), "event_id", "webhook")
+    store = JobStore.from_url(cluster.redis_url)
+    outcome = deliveries.deliver(store, cluster.settings, job_id, lambda *a, **k: None)
+    assert outcome.retry_in is None and len(receiver.events) == seen
 
 
 def test_webhook_receiver_refuses_a_bad_signature(receiver):

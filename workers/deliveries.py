@@ -20,7 +20,7 @@ from workers import archive, keys, netguard, webhooks
 from workers.batches import batch_status
 from workers.config import Settings
 from workers.finalize import public_record
-from workers.names import QueueName, State, target_batch
+from workers.names import TERMINAL, QueueName, State, target_batch
 from workers.schedule import RetryPolicy
 from workers.sender import Sender
 from workers.store import JobStore
@@ -50,8 +50,8 @@ def deliver(store: JobStore, settings: Settings, target: str, send: Sender) -> O
 
 def _deliver_job(store: JobStore, settings: Settings, job_id: str, send: Sender) -> Outcome:
     job = store.job(job_id)
-    if not job:
-        return Outcome()
+    if not job or job.get("state") not in TERMINAL:
+        return Outcome()  # not ended (a Redis restored to before its end): its end sends this
     batch = store.batch(job["batch"])
     if settings.archive_dir and job["state"] == State.SUCCEEDED and not job.get("archived"):
         job = archive_job(store, settings, job_id, job)
