@@ -152,7 +152,7 @@ def run(
         refill_p95_s=quantile(refills, 0.95),
         timeline=timeline,
         loadavg=os.getloadavg()[0],
-        lag_mean_s=statistics.fmean(lags) if lags else float("nan"),
+        lag_mean_s=mean(lags),
         first_round_s=first_round(remote.values(), started, params.cap),
     )
 
@@ -224,6 +224,10 @@ def _steady_rate(done_times: list[float]) -> float:
     lo, hi = round(0.1 * (len(done_times) - 1)), round(0.9 * (len(done_times) - 1))
     span = done_times[hi] - done_times[lo]
     return (hi - lo) / span if span > 0 else float("nan")
+
+
+def mean(values: list[float]) -> float:
+    return statistics.fmean(values) if values else float("nan")
 
 
 def quantile(values: list[float], q: float) -> float:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -64,6 +63,6 @@ def run(bench: Bench) -> ReferenceResult:
         peak_in_flight=completion.peak(remote.values()),
         cpu_s=summary["cpu_s"],
         loadavg=os.getloadavg()[0],
-        lag_mean_s=statistics.fmean(lags) if lags else float("nan"),
+        lag_mean_s=completion.mean(lags),
         first_round_s=completion.first_round(remote.values(), summary["started"], params.cap),
     )
