@@ -171,14 +171,10 @@ def next_poll_delay(
     ``spacing`` x median, growing by ``poll_factor - 1`` of the time spent past the tail
     quantile. Without: NEXT_POLL_FRACTION x ``poll_first``, growing by ``poll_factor`` per
     poll."""
-    rung = None
-    if estimate is not None:  # the first rung too: a first poll cut short by max_countdown
-        rungs = (estimate.first, *estimate.later)
-        rung = next((t - elapsed for t in rungs if t - elapsed >= MIN_INTERVAL), None)
     if estimate is None:
         delay = settings.poll_first * NEXT_POLL_FRACTION
         delay *= settings.poll_factor ** max(0, polls_done - 1)
-    elif rung is not None:
+    elif (rung := _next_rung(estimate, elapsed)) is not None:
         delay = rung
     else:
         delay = max(
@@ -187,6 +183,13 @@ def next_poll_delay(
         )
     delay = min(delay, settings.poll_max_interval)
     return clamp(delay * (rng or random).uniform(1 - JITTER, 1 + JITTER), settings)
+
+
+def _next_rung(estimate: Estimate, elapsed: float) -> float | None:
+    """Seconds to the next rung of the ladder at least MIN_INTERVAL away; the first rung
+    counts too (a first poll cut short by max_countdown, or aimed by the prior)."""
+    rungs = (estimate.first, *estimate.later)
+    return next((t - elapsed for t in rungs if t - elapsed >= MIN_INTERVAL), None)
 
 
 def clamp(delay: float, settings: Settings) -> float:
