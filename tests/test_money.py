@@ -149,6 +149,39 @@ def test_a_cost_the_provider_hid_is_estimated_at_the_batch_price_not_counted_as_
     assert store.job("b:k")["state"] == State.QUEUED, "nothing half-done"
 
 
+def test_a_create_of_unknown_outcome_is_priced_at_the_batch_price(redis_url):
+    """A POST that may have made a task counts its worst case at the price the provider was
+    seen to charge the batch, not at the (lower) configured one: the chaos run found billed
+    money above counted plus unseen when possible duplicates were priced at WANQ_UNIT_PRICE."""
+    store = JobStore.from_url(redis_url, unit_micros=30_000)
+    store.open_batch("b", {"state": "active"})
+    store.enqueue_many("b", [("j", REQUEST, 1)])
+    assert store.count_ambiguous_create("b:j", 2) == 60_000  # no price learned yet: the unit's
+    store.learn_price("b", 40_000)
+    assert store.count_ambiguous_create("b:j", 2) == 80_000
+    batch = store.batch("b")
+    assert batch["duplicates_possible"] == "2" and store.job("b:j")["create_ambiguous"] == "2"
+    assert store.stats()["create_ambiguous"] == "2"
+    store.redis.delete(keys.job("b:j"))  # purged meanwhile: only the cluster counts it
+    assert store.count_ambiguous_create("b:j", 2) == 0 and store.stats()["create_ambiguous"] == "3"
+
+
+def test_unseen_money_estimated_before_the_price_was_known_rises_with_it(redis_url):
+    """Estimates made at the configured 0.03 are raised when the provider is seen to charge
+    0.05: none stays below its images at the price known now; a lower price changes nothing."""
+    store = JobStore.from_url(redis_url, unit_micros=30_000)
+    store.open_batch("b", {"state": "active"})
+    store.enqueue_many("b", [("j", REQUEST, 1)])
+    store.count_ambiguous_create("b:j", 3)  # 90,000 at the unit price
+    assert store.learn_price("b", 20_000) == 20_000  # cheaper than the unit: no change
+    assert int(store.batch("b")["unseen_micros"]) == 90_000
+    assert store.learn_price("b", 50_000) == 50_000
+    assert int(store.batch("b")["unseen_micros"]) == 150_000  # 3 images at 0.05
+    with pytest.raises(Exception, match="non-negative"):
+        store._scripts["price"](keys=[keys.batch("b")], args=[60_000, -1])
+    assert store.batch("b")["price_micros"] == "50000", "nothing half-done"
+
+
 @pytest.mark.parametrize(
     ("usage", "images"),
     [

@@ -89,6 +89,7 @@ class JobStore:
         "enqueue",
         "step",
         "claim",
+        "ambiguous",
         "park",
         "finish",
         "release",
@@ -448,7 +449,8 @@ class JobStore:
         known, at = self._prices.get(batch_id, (-1, 0.0))
         if micros_per_image <= known and now - at < PRICE_MEMORY:
             return known
-        price = int(self._scripts["price"](keys=[keys.batch(batch_id)], args=[micros_per_image]))
+        script, args = self._scripts["price"], [micros_per_image, self.unit_micros]
+        price = int(script(keys=[keys.batch(batch_id)], args=args))
         if len(self._prices) >= PRICE_MEMORY_BATCHES:
             self._prices.clear()
         self._prices[batch_id] = (price, now)
@@ -576,16 +578,14 @@ class JobStore:
         """Cluster counters (duplicate creations, rescues): kept, never hidden."""
         self.redis.hincrby(keys.STATS, name, by)
 
-    def count_ambiguous_create(self, job_id: str, unseen_micros: int) -> None:
+    def count_ambiguous_create(self, job_id: str, worst_images: int) -> int:
         """A POST whose outcome is unknown (no answer, a 5xx, an answer without an ID) may have
-        made a remote task: counted on the cluster, the job and its batch (with its possible
-        cost as unseen money), so duplicates are shown, not hidden."""
-        pipe = self.redis.pipeline()
-        pipe.hincrby(keys.STATS, "create_ambiguous", 1)
-        pipe.hincrby(keys.job(job_id), "create_ambiguous", 1)
-        pipe.hincrby(keys.batch(keys.batch_of(job_id)), "duplicates_possible", 1)
-        pipe.hincrby(keys.batch(keys.batch_of(job_id)), "unseen_micros", max(0, unseen_micros))
-        pipe.execute()
+        made a remote task: counted on the cluster, the job and its batch, its worst case as
+        unseen money at the batch's price (lua/ambiguous.lua), so duplicates are shown, not
+        hidden. Returns the micro-USD counted."""
+        script = self._scripts["ambiguous"]
+        job_keys = [keys.job(job_id), keys.batch(keys.batch_of(job_id))]
+        return int(script(keys=job_keys, args=[max(0, worst_images), self.unit_micros]))
 
     def settle(
         self,

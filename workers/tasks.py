@@ -172,8 +172,7 @@ def _create_remote(
         return "failed"
     except Transient as exc:
         if exc.ambiguous:  # the POST may have made a task: a possible duplicate, counted
-            unseen = worst_case_images(request) * jobs.unit_micros
-            jobs.count_ambiguous_create(job_id, unseen)
+            jobs.count_ambiguous_create(job_id, worst_case_images(request))
         if exc.http_status == 429:
             rate = pacing.tighten(jobs.redis, settings.create_rate)
             if rate is not None:
