@@ -143,3 +143,18 @@ def test_oom_is_found_behind_kombus_wrapping():
     except kombu.exceptions.OperationalError as wrapped:
         assert transport.is_oom(wrapped)
     assert not transport.is_oom(redis.exceptions.ResponseError("WRONGTYPE"))
+
+
+def test_a_channel_reuses_one_redis_client_until_its_pool_is_dropped(redis_url):
+    """kombu built a redis-py client per publish, unacked record and ack (~0.3 ms each): the
+    channel keeps one per pool, and a reconnect's new pool gets a new one that works."""
+    settings = config.load({**WORKER_ENV, "WANQ_REDIS_URL": redis_url})
+    with sending_app(settings).connection_for_write() as conn:
+        channel = conn.default_channel
+        with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
+            assert first is second and first.ping()
+        channel._disconnect_pools()  # what kombu does when the connection is lost
+        with channel.conn_or_acquire() as after:
+            assert after is not first and after.connection_pool is channel.pool
+            assert after.ping()
+        assert channel.client is not after, "the event loop keeps its own client"

@@ -1,4 +1,5 @@
-"""kombu's Redis transports with a full Redis counted as a lost connection, not a broken one.
+"""kombu's Redis transports with a full Redis counted as a lost connection, not a broken one,
+and one Redis client per channel instead of one per command (``_ReusedClient``).
 
 Under ``maxmemory`` with ``noeviction`` Redis refuses writes ("OOM command not allowed"),
 every command queued in a MULTI included: kombu's ack (a ZREM and HDEL transaction) fails.
@@ -135,11 +136,30 @@ class Task(celery.Task):
         super().on_failure(exc, task_id, args, kwargs, einfo)
 
 
-class Channel(kombu_redis.Channel):
+class _ReusedClient:
+    """kombu builds a new ``redis.Redis`` for every command it sends outside its event loop:
+    each publish (the next poll), each unacked record and each ack. A client is cheap to keep
+    and dear to build (redis-py copies its ~200 reply callbacks into a new case-insensitive
+    dict: about 0.3 ms of a 0.6 ms publish, measured), so the channel keeps one per
+    connection pool. A redis-py client is thread-safe (each command takes a connection from
+    the pool); a pool dropped by a reconnect gets a new client with the new pool."""
+
+    _reused: Any = None
+
+    def _create_client(self, asynchronous: bool = False) -> Any:
+        if asynchronous:  # the event loop's own client, built once by kombu
+            return super()._create_client(asynchronous=True)  # type: ignore[misc]
+        client = self._reused
+        if client is None or client.connection_pool is not self.pool:  # type: ignore[attr-defined]
+            client = self._reused = super()._create_client()  # type: ignore[misc]
+        return client
+
+
+class Channel(_ReusedClient, kombu_redis.Channel):
     QoS = QoS
 
 
-class SentinelChannel(kombu_redis.SentinelChannel):
+class SentinelChannel(_ReusedClient, kombu_redis.SentinelChannel):
     QoS = QoS
 
 
