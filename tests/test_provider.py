@@ -149,3 +149,49 @@ def test_the_provider_session_reads_proxies_and_ca_bundle_once(monkeypatch):
     direct = new_session("wanq", only_url="https://internal.example.test/v1/tasks")
     assert not direct.proxies, "NO_PROXY still applies"
     assert new_session("wanq").trust_env is True, "sessions to any host keep requests' default"
+
+
+def test_a_provider_call_goes_through_the_proxy_with_the_key_and_the_providers_cookies(
+    monkeypatch,
+):
+    """Calls are prepared from the session and sent through it (workers.provider._call): the
+    proxy the environment names, the API key and the cookies the provider set all still apply,
+    as Session.request would apply them."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from workers import config
+
+    seen: list[tuple[str, str, str]] = []
+
+    class Proxy(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # an HTTP proxy gets the absolute URL
+            seen.append((self.path, self.headers["Authorization"], self.headers["Cookie"] or ""))
+            body = json.dumps({"output": {"task_status": "RUNNING"}, "status": "running"})
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Set-Cookie", "lb=node-7; Path=/")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.server_address[1]}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        env = {"WANQ_PROVIDER_URL": "http://api.example.test", "WANQ_API_KEY": "sk-test"}
+        client = provider.ProviderClient(config.load(env))
+        assert client.status("t1").state == "running"
+        assert client.status("t2").state == "running"
+    finally:
+        server.shutdown()
+    (first, key, cookie0), (second, _, cookie1) = seen
+    assert first.startswith("http://api.example.test/") and first.endswith("/t1")
+    assert second.endswith("/t2") and key == "Bearer sk-test"
+    assert (cookie0, cookie1) == ("", "lb=node-7")
