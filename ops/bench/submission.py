@@ -29,6 +29,13 @@ from workers import keys
 
 CHUNK = 500  # the producer's own pipeline size (producers.submit.CHUNK)
 CEILING_DB = 1
+# A file submitted in well under a second (--quick's 5,000 lines: ~0.6 s, its ceiling ~0.15 s)
+# is timed at the mercy of one scheduler hiccup on a shared machine: it is submitted again,
+# into an emptied Redis, until MIN_MEASURED_S were measured or MAX_RUNS runs, and the fastest
+# run counts, on both sides of the ratio (the ceiling is written as many times). CPU and
+# memory are the first run's.
+MIN_MEASURED_S = 3.0
+MAX_RUNS = 3
 
 
 @dataclass
@@ -46,6 +53,7 @@ class SubmitResult:
     message_bytes: int
     used_memory_delta: int
     redis_benchmark: dict[str, float]
+    runs: int = 1  # submissions (and ceilings) timed: the fastest counts
 
 
 def write_batch(path: Path, jobs: int, seed: int = 7) -> Path:
@@ -76,7 +84,13 @@ def run(bench: Bench) -> SubmitResult:
     message = r.lindex(keys.CREATE_QUEUE, 0) or ""
     enqueued = report.enqueued
     per_job = (after - before - payload_bytes) / max(1, enqueued)
-    ceiling_s = _ceiling(bench, path, len(message.encode()))
+    runs = 1
+    while runs < MAX_RUNS and seconds * runs < MIN_MEASURED_S:  # a short file: best of a few
+        bench.flush()
+        t0 = time.perf_counter()
+        client.submit(path, batch_id="bench-submit")
+        seconds, runs = min(seconds, time.perf_counter() - t0), runs + 1
+    ceiling_s = min(_ceiling(bench, path, len(message.encode())) for _ in range(runs))
     bench.flush()
     return SubmitResult(
         lines=lines,
@@ -92,6 +106,7 @@ def run(bench: Bench) -> SubmitResult:
         message_bytes=len(message.encode()),
         used_memory_delta=after - before,
         redis_benchmark=_redis_benchmark(bench),
+        runs=runs,
     )
 
 
