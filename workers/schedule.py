@@ -11,8 +11,8 @@ each spread evenly over its width. Polls are aimed at a LADDER of its quantiles
   too late pulls its own quantile down, and one aimed too early is corrected from the narrow
   brackets above it: the schedule settles where the share done at the first poll is that
   quantile;
-- the next polls go to the ladder's next quantiles. Its steps shrink (0.45, 0.74, 0.91,
-  0.98: 29, 17, then 7 points), because a job's lag is the gap between the poll before its
+- the next polls go to the ladder's next quantiles. Its steps shrink (0.52, 0.78, 0.93,
+  0.985: 26, 15, then 5.5 points), because a job's lag is the gap between the poll before its
   end and the poll after, and a poll is paid by every job still running at the poll before
   it: wide gaps early, while most jobs pay, and narrow ones late, when few are left to pay,
   cost the fewest polls for a lag (optimal inspection times shrink their gaps by a constant
@@ -21,15 +21,19 @@ each spread evenly over its width. Polls are aimed at a LADDER of its quantiles
 - past the ladder, polls come every ``spacing`` x the median generation time, growing by
   ``poll_factor - 1`` of the time spent past the ``tail_quantile``, so outliers cost few polls.
 
-Polls per job are then about 1 + the sum of ``1 - q`` over the ladder (1.92 here), whatever
-the distribution's width. For generation times spread +-25 % around
-their mean, a model of the schedule alone gives 1.91 polls per job at a mean lag of 0.085, a
-median of 0.072 and a p95 of 0.20 of the mean; the previous shape (one quantile, 0.55, then
-even spacing) gave 1.79 polls at a mean lag of 0.097 (p95 0.25), and 2.35 polls where
-generation times spread +-50 % (the ladder: 1.90). ``python -m ops.bench.pollmodel`` prints
-the curve the shapes sit on. The mean lag is what throughput pays (a slot is held until its
-job is seen done), polls per job what the CPU pays. Every delay is capped by
-``max_countdown`` (see config).
+Polls per job are then about 1 + the sum of ``1 - q`` over the ladder (1.78 here), whatever
+the distribution's width. For generation times spread +-25 % around their mean, a model of
+the schedule alone gives 1.77 polls per job at a mean lag of 0.092, a median of 0.075 and a
+p95 of 0.23 of the mean (1.78 polls where they spread +-50 %); the previous shape (one
+quantile, 0.55, then even spacing) gave 1.79 polls at a mean lag of 0.097 (p95 0.25), and
+2.35 polls at +-50 %. ``python -m ops.bench.pollmodel`` prints the curve the shapes sit on.
+Real polls come later than the model's only by their queueing, so real runs pay more polls
+than the model, the more the more punctual the workers: once a worker's CPU per job fell by a
+third, the full benchmark's main run took 2.07-2.09 polls per job with the ladder (0.45,
+0.74, 0.91, 0.98) (model: 1.91, mean lag 0.085) and 1.91 with this one, at the same
+throughput (0.85 of C/L; mean lag 0.96 s against 0.89 s at L = 10 s). The mean lag is what
+throughput pays (a slot is held until its job is seen done), polls per job what the CPU
+pays. Every delay is capped by ``max_countdown`` (see config).
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from workers.config import Settings
 class Shape:
     """Where polls go, in terms of the learned distribution (see the module docstring)."""
 
-    ladder: tuple[float, ...] = (0.45, 0.74, 0.91, 0.98)  # quantiles the polls aim at, in turn
+    ladder: tuple[float, ...] = (0.52, 0.78, 0.93, 0.985)  # quantiles the polls aim at, in turn
     spacing: float = 0.06  # past the ladder: this fraction of the median generation time apart
     tail_quantile: float = 0.95  # past this, intervals grow with the time already waited
 

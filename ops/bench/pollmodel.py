@@ -81,10 +81,16 @@ SHAPES = (  # ladders of 1 to 5 quantiles, with the spacing past them
     schedule.Shape(ladder=(0.65,), spacing=0.10),
     schedule.Shape(ladder=(0.50, 0.78, 0.93), spacing=0.06),
     schedule.SHAPE,
+    schedule.Shape(ladder=(0.45, 0.74, 0.91, 0.98), spacing=0.06),  # the default until 2026-12
     schedule.Shape(ladder=(0.42, 0.72, 0.90, 0.97), spacing=0.08),
     schedule.Shape(ladder=(0.38, 0.68, 0.88, 0.97), spacing=0.06),
     schedule.Shape(ladder=(0.30, 0.58, 0.80, 0.93, 0.99), spacing=0.05),
 )
+
+
+def ladder_text(rungs: tuple[float, ...] | list[float]) -> str:
+    """A ladder's quantiles as written in workers/schedule.py (0.985 stays 0.985)."""
+    return ", ".join(f"{q:.3g}" for q in rungs)
 
 
 def sweep(shapes: tuple[schedule.Shape, ...] = SHAPES, jitter: float = 0.25) -> list[Point]:
@@ -98,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     print("ladder (quantiles)        spacing | polls/job  lag mean/L  p50/L  p95/L  done at 1st")
     for p in sweep(jitter=args.jitter):
         mark = "  <- default" if p.shape == schedule.SHAPE else ""
-        ladder = ", ".join(f"{q:.2f}" for q in p.shape.ladder)
+        ladder = ladder_text(p.shape.ladder)
         print(
             f"{ladder:25s} {p.shape.spacing:7.2f} | {p.polls_per_job:9.2f} {p.lag_mean:11.3f} "
             f"{p.lag_p50:6.3f} {p.lag_p95:6.3f} {p.first_share:12.0%}{mark}"

@@ -18,7 +18,7 @@ from ops.bench.baseline import NaiveResult
 from ops.bench.completion import RunResult
 from ops.bench.inflight import InFlightResult
 from ops.bench.params import Params
-from ops.bench.pollmodel import Point
+from ops.bench.pollmodel import Point, ladder_text
 from ops.bench.reference import ReferenceResult
 from ops.bench.submission import SubmitResult
 from workers import schedule
@@ -578,8 +578,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def _ladder(shape: schedule.Shape | list[float] | tuple[float, ...]) -> str:
-    rungs = shape.ladder if isinstance(shape, schedule.Shape) else shape
-    return ", ".join(f"{q:.2f}" for q in rungs)
+    return ladder_text(shape.ladder if isinstance(shape, schedule.Shape) else shape)
 
 
 def _same(a: Any, b: Any) -> bool:
