@@ -27,11 +27,12 @@ the schedule alone gives 1.77 polls per job at a mean lag of 0.092, a median of 
 p95 of 0.23 of the mean (1.78 polls where they spread +-50 %); the previous shape (one
 quantile, 0.55, then even spacing) gave 1.79 polls at a mean lag of 0.097 (p95 0.25), and
 2.35 polls at +-50 %. ``python -m ops.bench.pollmodel`` prints the curve the shapes sit on.
-Real polls come later than the model's only by their queueing, so real runs pay more polls
-than the model, the more the more punctual the workers: once a worker's CPU per job fell by a
-third, the full benchmark's main run took 2.07-2.09 polls per job with the ladder (0.45,
-0.74, 0.91, 0.98) (model: 1.91, mean lag 0.085) and 1.91 with this one, at the same
-throughput (0.85 of C/L; mean lag 0.96 s against 0.89 s at L = 10 s). The mean lag is what
+Real runs pay more polls than the model, whose polls come exactly on time: in the full
+benchmark's main run 2.07-2.09 polls per job with the ladder (0.45, 0.74, 0.91, 0.98)
+(model: 1.91, mean lag 0.085) and 1.89-1.93 with this one at the same throughput (0.85 of
+C/L; mean lag 0.96 s against 0.89 s at L = 10 s). By creation order with this ladder: the
+first C jobs 1.95, the second C 2.11 (polled on an estimate learned from the first round's
+brackets, whose first polls the operator's prior aimed), the rest 1.86. The mean lag is what
 throughput pays (a slot is held until its job is seen done), polls per job what the CPU
 pays. Every delay is capped by ``max_countdown`` (see config).
 """
