@@ -19,7 +19,8 @@ from workers import errors, keys
 from workers.names import lua_constants
 
 LUA = resources.files("workers") / "lua"
-LUA_LIBRARY = ("slots", "images", "abandoned")  # workers/lua/lib: functions every script may call
+# workers/lua/lib: functions every script may call
+LUA_LIBRARY = ("slots", "images", "abandoned", "money")
 
 
 @functools.cache

@@ -11,13 +11,10 @@ local images, unit = tonumber(ARGV[1]), tonumber(ARGV[2])
 if not images or images < 0 or images > 1e6 or not unit or unit < 0 or unit > 1e12 then
   return redis.error_reply('ambiguous: images and price must be bounded non-negative numbers')
 end
-redis.call('HINCRBY', K_STATS, 'create_ambiguous', 1)
 if redis.call('EXISTS', job_key) == 0 then  -- purged meanwhile: its batch's counters went too
+  redis.call('HINCRBY', K_STATS, 'create_ambiguous', 1)
   return 0
 end
-local price = math.max(unit, tonumber(redis.call('HGET', batch_key, 'price_micros') or 0) or 0)
-local unseen = math.floor(images * price)
-redis.call('HINCRBY', job_key, 'create_ambiguous', 1)
-redis.call('HINCRBY', batch_key, 'duplicates_possible', 1)
-redis.call('HINCRBY', batch_key, 'unseen_micros', unseen)
+local unseen = math.floor(images * batch_price(batch_key, unit))
+count_possible_duplicate(job_key, batch_key, 'create_ambiguous', unseen)
 return unseen

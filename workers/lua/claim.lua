@@ -47,10 +47,7 @@ if state == S_CREATING then
       unseen = worst_images * price
     end
     redis.call('HSET', job_key, 'loss_seq', seq)
-    redis.call('HINCRBY', job_key, 'create_window_losses', 1)
-    redis.call('HINCRBY', K_STATS, 'create_window_losses', 1)
-    redis.call('HINCRBY', batch_key, 'duplicates_possible', 1)
-    redis.call('HINCRBY', batch_key, 'unseen_micros', math.floor(unseen))
+    count_possible_duplicate(job_key, batch_key, 'create_window_losses', unseen)
   end
 end
 if redis.call('HEXISTS', K_ACCOUNT, 'state') == 1 and not probe then

@@ -63,8 +63,7 @@ if counted > 0 then
   redis.call('HINCRBY', batch_key, 'cost_micros', counted)
 end
 if unpriced > 0 then
-  local price = math.max(unit_micros, tonumber(redis.call('HGET', batch_key, 'price_micros') or 0))
-  local estimate = math.floor(unpriced * price)
+  local estimate = math.floor(unpriced * batch_price(batch_key, unit_micros))
   redis.call('HSET', job_key, 'unseen_micros', estimate)
   redis.call('HINCRBY', batch_key, 'unseen_micros', estimate)
 end
