@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import itertools
 import json
 import uuid
+from datetime import datetime
 
 import redis
 
-from producers.publish import _Template, task_publisher, uuid4s
+from producers.publish import task_publisher
 from workers import config, keys
 from workers.app import app
 from workers.celeryconf import sending_app
+from workers.messages import Messages, Template, uuid4s
+from workers.sender import celery_sender
 
 PER_MESSAGE = {"id", "root_id", "correlation_id", "delivery_tag"}  # fresh for each message
 
@@ -78,29 +82,57 @@ ODD_ARGS = [
 ]
 
 
+WORKER_IDS = {"eta": "2026-12-03T05:07:33.829485+00:00", "root_id": "root", "parent_id": "poll"}
+
+
 def test_the_template_renders_what_message_builds(redis_url):
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    with task_publisher(app, client, redis_url) as publisher:
-        for name in ("wanq.create", "wanq.deliver"):
-            route = publisher._route(name)
-            template = _Template(publisher, name, route)
-            assert template.faithful()
-            assert isinstance(publisher._renderer(name, route).__self__, _Template)
-            for args in ODD_ARGS:
-                rendered, event = template.render(args, "tid", "tag")
-                built, built_event = publisher.message(name, args, "tid", "tag", route=route)
-                assert json.loads(rendered) == json.loads(built), args
-                assert event == built_event
+    """With and without what a worker's sends add: an ETA and a parent task."""
+    messages = Messages(app)
+    for name in ("wanq.create", "wanq.poll", "wanq.deliver"):
+        route = messages.route(name)
+        template = Template(messages.builder, name, route)
+        assert template.faithful()
+        assert isinstance(messages.renderer(name).__self__, Template)
+        for args, ids in itertools.product(ODD_ARGS, ({}, WORKER_IDS)):
+            rendered, event = template.render(args, "tid", "tag", **ids)
+            built, built_event = messages.builder.message(name, args, route, "tid", "tag", **ids)
+            assert json.loads(rendered) == json.loads(built), (args, ids)
+            assert event == built_event
 
 
 def test_without_a_faithful_template_messages_are_built_one_by_one(redis_url, monkeypatch):
-    monkeypatch.setattr(_Template, "faithful", lambda self: False)
+    monkeypatch.setattr(Template, "faithful", lambda self: False)
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     with task_publisher(app, client, redis_url) as publisher:
         publisher.publish("wanq.create", [("b1:job-1", 0)])
     message = _normalized(client.lindex(keys.CREATE_QUEUE, 0))
     assert message["body"][0] == ["b1:job-1", 0]
     assert message["headers"]["argsrepr"] == "('b1:job-1', 0)"
+
+
+def test_a_worker_sends_from_its_template_what_send_task_writes(redis_url):
+    """The worker's sender (workers.sender) inside a running task: the same message as
+    ``send_task``'s, with the ETA of the countdown and the task as parent and root."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    worker_app = app  # the worker's app (workers.worker.make_app)
+    send = celery_sender(worker_app, lambda: client)
+    sent: dict[str, str] = {}
+
+    @worker_app.task(name="wanq-test.sends", bind=True)
+    def sends(self):
+        producer = worker_app.amqp.Producer(connection)
+        worker_app.send_task("wanq.poll", args=("b1:job-1", 2), countdown=30, producer=producer)
+        sent["send_task"] = client.lpop(keys.POLL_QUEUE)
+        send("wanq.poll", ("b1:job-1", 2), countdown=30)
+        sent["template"] = client.lpop(keys.POLL_QUEUE)
+
+    with worker_app.connection_for_write(redis_url) as connection:
+        sends.apply(task_id="the-poll")
+    by_send_task, by_template = (json.loads(sent[way]) for way in ("send_task", "template"))
+    etas = [datetime.fromisoformat(m["headers"].pop("eta")) for m in (by_send_task, by_template)]
+    assert abs((etas[1] - etas[0]).total_seconds()) < 1 and etas[0].utcoffset() is not None
+    assert by_template["headers"]["parent_id"] == by_template["headers"]["root_id"] == "the-poll"
+    assert _normalized(json.dumps(by_template)) == _normalized(json.dumps(by_send_task))
 
 
 def test_uuid4s_are_random_version_4_uuids():

@@ -32,7 +32,8 @@ def make_app(settings: Settings) -> Celery:
     # publishes were 7% of a worker's CPU (docs/bench-profile.md).
     app.conf.task_send_sent_event = False
     app.set_current()
-    runtime = Runtime(settings, celery_sender(app))
+    # Messages go out through the store's client: the broker's Redis (one URL for both).
+    runtime = Runtime(settings, celery_sender(app, lambda: runtime.store.redis))
     app.wanq_runtime = runtime  # type: ignore[attr-defined]  # read by the sweeper step
     tasks.register(app, runtime)
     app.steps["worker"].add(SweeperStep)
