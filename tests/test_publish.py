@@ -17,7 +17,7 @@ from workers import config, keys
 from workers.app import app
 from workers.celeryconf import sending_app
 from workers.messages import Messages, Template, uuid4s
-from workers.sender import celery_sender
+from workers.sender import CelerySender
 
 PER_MESSAGE = {"id", "root_id", "correlation_id", "delivery_tag"}  # fresh for each message
 
@@ -115,7 +115,7 @@ def test_a_worker_sends_from_its_template_what_send_task_writes(redis_url):
     ``send_task``'s, with the ETA of the countdown and the task as parent and root."""
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     worker_app = app  # the worker's app (workers.worker.make_app)
-    send = celery_sender(worker_app, lambda: client)
+    send = CelerySender(worker_app, lambda: client)
     sent: dict[str, str] = {}
 
     @worker_app.task(name="wanq-test.sends", bind=True)

@@ -40,6 +40,21 @@ def test_step_applies_only_where_the_caller_saw_the_job(store):
     assert store.redis.zscore(keys.QUEUED, "b:j") is None
 
 
+def test_a_step_pushes_the_next_message_only_when_it_applies(store):
+    """The poll a step schedules goes in the step's own script (workers.tasks._step_and_poll):
+    a stale step pushes nothing, an applied one its message, with its fields set after it."""
+    store.enqueue("b", "j", REQUEST)
+    then = (keys.POLL_QUEUE, '{"message": 1}')
+    stale = store.step("b:j", 5, (State.QUEUED,), State.CREATING, then=then)
+    assert not stale.applied and store.redis.llen(keys.POLL_QUEUE) == 0
+    moved = store.step("b:j", 0, (State.QUEUED,), State.CREATING, then=then, fields={"a": "b"})
+    assert moved.applied and store.redis.lrange(keys.POLL_QUEUE, 0, -1) == ['{"message": 1}']
+    assert store.job("b:j")["a"] == "b"
+    plain = store.step("b:j", 1, (State.CREATING,), State.RUNNING, due=100.0)
+    assert plain.applied and store.redis.llen(keys.POLL_QUEUE) == 1
+    assert store.redis.zscore(keys.DUE, "b:j") == 100.0
+
+
 def test_finish_once_with_one_stream_entry(store):
     store.enqueue("b", "j", REQUEST)
     record = {

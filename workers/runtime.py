@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from workers.config import Settings
 from workers.provider import ProviderClient
 from workers.schedule import RetryPolicy
-from workers.sender import Sender
+from workers.sender import Preparer, Sender
 from workers.store import JobStore
 
 
@@ -20,6 +20,8 @@ from workers.store import JobStore
 class Runtime:
     settings: Settings
     send: Sender
+    # renders a message for a step script to push with its step (None: send after the step)
+    prepare: Preparer | None = None
 
     @functools.cached_property
     def store(self) -> JobStore:

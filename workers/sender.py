@@ -2,7 +2,7 @@
 
 Ending a job, sweeping and delivering all set off further tasks; they take a ``Sender`` so
 that the modules doing that work never import the app (which imports the tasks, which import
-them). The workers pass ``celery_sender(app, client)``; producers pass their bulk publisher.
+them). The workers pass a ``CelerySender``; producers pass their bulk publisher.
 """
 
 from __future__ import annotations
@@ -28,19 +28,34 @@ class Sender(Protocol):
     ) -> None: ...
 
 
-def celery_sender(app: Celery, client: Callable[[], redis.Redis] | None = None) -> Sender:
-    """A sender over ``app.send_task``: routes and options as the app's configuration says.
+# A message rendered for a queue, (queue, stored text): a step script pushes it atomically with
+# the step that schedules it (workers.store.JobStore.step)
+Prepared = tuple[str, str]
+
+
+class Preparer(Protocol):
+    def __call__(
+        self, name: str, args: tuple[Any, ...], *, countdown: float | None = None
+    ) -> Prepared | None: ...
+
+
+class CelerySender:
+    """A ``Sender`` over ``app.send_task``: routes and options as the app's configuration says.
 
     With ``client`` (the broker's Redis) and no task-sent events to send, a task of
     positional arguments (a poll, a create, a delivery: almost every message a worker sends)
     is rendered from its template (``workers.messages``) and LPUSHed: 0.1 ms of CPU where
     ``send_task`` spends 0.45. The message is the one ``send_task`` writes, with the ETA of
-    its countdown and the sending task as its parent."""
-    fast = (
-        messages.Messages(app) if client is not None and not app.conf.task_send_sent_event else None
-    )
+    its countdown and the sending task as its parent. ``prepare`` renders one without sending
+    it, for a step script to push with its step."""
 
-    def send(
+    def __init__(self, app: Celery, client: Callable[[], redis.Redis] | None = None) -> None:
+        self.app, self.client = app, client
+        templated = client is not None and not app.conf.task_send_sent_event
+        self.messages = messages.Messages(app) if templated else None
+
+    def __call__(
+        self,
         name: str,
         args: tuple[Any, ...] = (),
         *,
@@ -48,18 +63,25 @@ def celery_sender(app: Celery, client: Callable[[], redis.Redis] | None = None) 
         countdown: float | None = None,
         queue: str | None = None,
     ) -> None:
-        if fast is not None and client is not None and not kwargs and queue is None:
-            text, _ = fast.renderer(name)(args, **_ids(app, countdown))
-            client().lpush(fast.route(name)[0], text)
+        prepared = None if kwargs or queue else self.prepare(name, args, countdown=countdown)
+        if prepared is not None and self.client is not None:
+            self.client().lpush(*prepared)
             return
         options: dict[str, Any] = {}
         if countdown is not None:
             options["countdown"] = countdown
         if queue is not None:
             options["queue"] = queue
-        app.send_task(name, args=args, kwargs=kwargs, **options)
+        self.app.send_task(name, args=args, kwargs=kwargs, **options)
 
-    return send
+    def prepare(
+        self, name: str, args: tuple[Any, ...], *, countdown: float | None = None
+    ) -> Prepared | None:
+        """``name``'s message for ``args`` and its queue, or None: it goes by ``send_task``."""
+        if self.messages is None:
+            return None
+        text, _ = self.messages.renderer(name)(args, **_ids(self.app, countdown))
+        return self.messages.route(name)[0], text
 
 
 def _ids(app: Celery, countdown: float | None) -> dict[str, Any]:

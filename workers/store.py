@@ -325,13 +325,17 @@ class JobStore:
         due: float | None = None,
         incr: tuple[str, ...] = (),
         fields: dict[str, Any] | None = None,
+        then: tuple[str, str] | None = None,
     ) -> Step:
+        """``then``: a (queue, message) pushed in the same script if the step applies, the
+        next task of the job (workers.sender.Prepared): a step is never without its message."""
         batch_id = keys.batch_of(job_id)
         flat: list[Any] = []
         for name, value in (fields or {}).items():
             flat += [name, _encode(value)]
+        queue, message = then or (keys.QUEUED, "")  # no message: the key is not touched
         applied, new_seq, previous = self._scripts["step"](
-            keys=[keys.job(job_id), keys.batch(batch_id), keys.DUE, keys.QUEUED],
+            keys=[keys.job(job_id), keys.batch(batch_id), keys.DUE, keys.QUEUED, queue],
             args=[
                 job_id,
                 seq,
@@ -340,6 +344,7 @@ class JobStore:
                 1 if bump else 0,
                 "" if due is None else repr(due),
                 ",".join(incr),
+                message,
                 *flat,
             ],
         )

@@ -27,7 +27,7 @@ from workers.pricing import worst_case_images
 from workers.provider import AccountProblem, Rejected, Transient
 from workers.runtime import Runtime
 from workers.sender import Sender
-from workers.store import View
+from workers.store import Step, View
 
 log = logging.getLogger("wanq.tasks")
 
@@ -187,21 +187,13 @@ def _create_remote(
         pacing.relax(jobs.redis, settings.create_rate)
     delay = schedule.first_poll_delay(latency.estimate(jobs.redis), settings)
     now = time.time()
-    running = jobs.step(
-        job_id,
-        seq,
-        (State.CREATING,),
-        State.RUNNING,
-        due=now + delay,
-        fields={
-            "remote_task_id": remote_id,
-            "created_at": now,
-            "last_error": "",
-            "poll_at": now + delay,
-        },
-    )
-    if running.applied:
-        rt.send(TaskName.POLL, (job_id, running.seq), countdown=delay)
+    fields = {
+        "remote_task_id": remote_id,
+        "created_at": now,
+        "last_error": "",
+        "poll_at": now + delay,
+    }
+    _step_and_poll(rt, job_id, seq, State.CREATING, delay, due=now + delay, fields=fields)
     return "created"
 
 
@@ -342,19 +334,32 @@ def poll_step(
 def _poll_again(rt: Runtime, job: Job, delay: float, fields: dict[str, Any]) -> str:
     delay = schedule.clamp(delay, rt.settings)
     now = time.time()
-    step = rt.store.step(
+    fields = {**fields, **_first_poll(job, now), "poll_at": now + delay}
+    step = _step_and_poll(
+        rt,
         job.job_id,
         job.seq,
-        (State.RUNNING,),
         State.RUNNING,
+        delay,
         due=now + delay,
         incr=("polls",),
-        fields={**fields, **_first_poll(job, now), "poll_at": now + delay},
+        fields=fields,
     )
-    if not step.applied:
-        return "stale"
-    rt.send(TaskName.POLL, (job.job_id, step.seq), countdown=delay)
-    return "polling"
+    return "polling" if step.applied else "stale"
+
+
+def _step_and_poll(
+    rt: Runtime, job_id: str, seq: int, state: State, delay: float, **step: Any
+) -> Step:
+    """Move the job from ``state`` to running with its next poll due in ``delay``: the poll's
+    message is pushed by the step's own script when the sender can render it (one round trip
+    fewer, and no step without its poll if this worker dies), else sent once the step is in."""
+    poll = (job_id, seq + 1)  # the seq the step gives the job
+    prepared = rt.prepare(TaskName.POLL, poll, countdown=delay) if rt.prepare else None
+    moved = rt.store.step(job_id, seq, (state,), State.RUNNING, then=prepared, **step)
+    if moved.applied and prepared is None:
+        rt.send(TaskName.POLL, (job_id, moved.seq), countdown=delay)
+    return moved
 
 
 def _first_poll(job: Job, now: float) -> dict[str, float]:

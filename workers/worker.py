@@ -20,7 +20,7 @@ from workers.config import Settings
 from workers.event_batches import EventBatches
 from workers.names import TaskName
 from workers.runtime import Runtime
-from workers.sender import celery_sender
+from workers.sender import CelerySender
 
 log = logging.getLogger("wanq.sweeper")
 
@@ -33,7 +33,8 @@ def make_app(settings: Settings) -> Celery:
     app.conf.task_send_sent_event = False
     app.set_current()
     # Messages go out through the store's client: the broker's Redis (one URL for both).
-    runtime = Runtime(settings, celery_sender(app, lambda: runtime.store.redis))
+    sender = CelerySender(app, lambda: runtime.store.redis)
+    runtime = Runtime(settings, sender, prepare=sender.prepare)
     app.wanq_runtime = runtime  # type: ignore[attr-defined]  # read by the sweeper step
     tasks.register(app, runtime)
     app.steps["worker"].add(SweeperStep)

@@ -1,16 +1,20 @@
 -- Move a job one step, only if it is still where the caller saw it (compare-and-set on seq).
 -- Every task message carries the seq it expects, so duplicates and redeliveries fall out here.
 -- KEYS[1] job hash   KEYS[2] batch hash   KEYS[3] due zset   KEYS[4] queued zset
+-- KEYS[5] a task queue (list)
 -- ARGV[1] job_id   ARGV[2] expected seq   ARGV[3] allowed current states, comma-separated
 -- ARGV[4] new state   ARGV[5] seq increment (0 or 1)
 -- ARGV[6] when the next step is due ('' removes the job from the due set)
 -- ARGV[7] fields to increment by 1, comma-separated ('' for none)
--- ARGV[8..] field, value pairs to set
+-- ARGV[8] a task message LPUSHed on KEYS[5] if the step applies ('' for none): the job's
+--         next task, rendered for the new seq, so the step never lands without it
+-- ARGV[9..] field, value pairs to set
 -- Returns {1, new seq, previous state} on success, {0, current seq, current state} otherwise.
-local job_key, batch_key, due_key, queued_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local job_key, batch_key, due_key, queued_key, task_queue = KEYS[1], KEYS[2], KEYS[3], KEYS[4],
+  KEYS[5]
 local job_id, expected_seq, allowed, new_state = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local seq_increment, due_at, increments = ARGV[5], ARGV[6], ARGV[7]
-local FIRST_FIELD = 8
+local seq_increment, due_at, increments, message = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local FIRST_FIELD = 9
 
 local cur = redis.call('HMGET', job_key, 'state', 'seq')
 local state, seq = cur[1], cur[2]
@@ -39,5 +43,8 @@ if due_at == '' then
   redis.call('ZREM', due_key, job_id)
 else
   redis.call('ZADD', due_key, due_at, job_id)
+end
+if message ~= '' then
+  redis.call('LPUSH', task_queue, message)
 end
 return {1, new_seq, state}
