@@ -190,26 +190,6 @@ class Template:
         return True
 
 
-def _mark(hole: str) -> str:
-    return f"@@wanq-{hole}@@"
-
-
-def _alternate(pieces: list[str]) -> Iterator[tuple[bool, str]]:
-    """re.split's output with a capturing group: text, hole, text, hole, ..., text."""
-    return zip(itertools.cycle((False, True)), pieces)
-
-
-def uuid4s(n: int) -> list[str]:
-    """``n`` random UUIDs as ``str(uuid.uuid4())`` writes them (version 4, RFC 4122 variant),
-    from one os.urandom call instead of one each: two per message add up."""
-    raw = bytearray(os.urandom(16 * n))
-    raw[6::16] = bytes(byte & 0x0F | 0x40 for byte in raw[6::16])
-    raw[8::16] = bytes(byte & 0x3F | 0x80 for byte in raw[8::16])
-    text = raw.hex()
-    hexes = (text[i : i + 32] for i in range(0, 32 * n, 32))
-    return [f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}" for h in hexes]
-
-
 class Messages:
     """The messages of ``app``'s tasks, each name's rendered from its template when that
     template is faithful and built one by one otherwise (logged once)."""
@@ -245,3 +225,23 @@ class Messages:
         return self.builder.message(
             name, args, self.route(name), task_id or uuid(), delivery_tag or uuid(), **ids
         )
+
+
+def _mark(hole: str) -> str:
+    return f"@@wanq-{hole}@@"
+
+
+def _alternate(pieces: list[str]) -> Iterator[tuple[bool, str]]:
+    """re.split's output with a capturing group: text, hole, text, hole, ..., text."""
+    return zip(itertools.cycle((False, True)), pieces)
+
+
+def uuid4s(n: int) -> list[str]:
+    """``n`` random UUIDs as ``str(uuid.uuid4())`` writes them (version 4, RFC 4122 variant),
+    from one os.urandom call instead of one each: two per message add up."""
+    raw = bytearray(os.urandom(16 * n))
+    raw[6::16] = bytes(byte & 0x0F | 0x40 for byte in raw[6::16])
+    raw[8::16] = bytes(byte & 0x3F | 0x80 for byte in raw[8::16])
+    text = raw.hex()
+    hexes = (text[i : i + 32] for i in range(0, 32 * n, 32))
+    return [f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}" for h in hexes]
