@@ -26,7 +26,7 @@ import redis
 from celery import Celery
 from kombu import Connection
 
-from workers.messages import Messages, Route, uuid4s
+from workers.messages import Messages, Route, task_queue, uuid4s
 
 CHUNK = 1000  # messages per LPUSH
 
@@ -91,8 +91,7 @@ class TaskPublisher:
         """Where ``name``'s messages go, its queue declared on first use (as kombu does)."""
         route = self.messages.route(name)
         if name not in self._declared:
-            queue = self.app.amqp.router.route({}, name)["queue"]
-            queue(self.connection.default_channel).declare()
+            task_queue(self.app, name)(self.connection.default_channel).declare()
             self._declared.add(name)
         return route
 

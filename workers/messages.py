@@ -30,6 +30,7 @@ from celery import Celery
 from celery.utils.nodenames import anon_nodename
 from celery.utils.saferepr import saferepr
 from celery.utils.time import add_seconds_to_datetime, maybe_make_aware
+from kombu import Queue
 from kombu.entity import maybe_delivery_mode
 from kombu.serialization import dumps as serialize
 from kombu.utils.json import dumps
@@ -44,9 +45,15 @@ Route = tuple[str, int]
 Render = Callable[..., tuple[str, dict[str, Any]]]
 
 
+def task_queue(app: Celery, name: str) -> Queue:
+    """The kombu queue ``send_task`` routes ``name`` to (wanq routes by task name only)."""
+    found: Queue = app.amqp.router.route({}, name)["queue"]
+    return found
+
+
 def route(app: Celery, name: str) -> Route:
     """The queue ``name`` goes to and the delivery mode ``send_task`` gives its messages."""
-    queue = app.amqp.router.route({}, name)["queue"]
+    queue = task_queue(app, name)
     mode = queue.exchange.delivery_mode or app.conf.task_default_delivery_mode
     return queue.name, maybe_delivery_mode(mode)
 

@@ -333,9 +333,10 @@ class JobStore:
         flat: list[Any] = []
         for name, value in (fields or {}).items():
             flat += [name, _encode(value)]
-        queue, message = then or (keys.QUEUED, "")  # no message: the key is not touched
+        queue, message = then or (None, "")
         applied, new_seq, previous = self._scripts["step"](
-            keys=[keys.job(job_id), keys.batch(batch_id), keys.DUE, keys.QUEUED, queue],
+            keys=[keys.job(job_id), keys.batch(batch_id), keys.DUE, keys.QUEUED]
+            + ([queue] if queue else []),
             args=[
                 job_id,
                 seq,

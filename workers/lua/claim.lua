@@ -36,7 +36,7 @@ if not state or seq ~= expected_seq or not (state == S_QUEUED or state == S_WAIT
 end
 local control = redis.call('HMGET', batch_key, 'state', 'max_cost_micros', 'cost_micros',
   'reserved_micros', 'unseen_micros', 'price_micros')
-local price = math.max(unit_micros, tonumber(control[6] or 0) or 0)
+local price = price_of(unit_micros, control[6])
 if state == S_CREATING then
   if now - tonumber(cur[4] or 0) < window then
     return {0, tonumber(seq), 'busy'}

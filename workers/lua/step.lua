@@ -1,7 +1,7 @@
 -- Move a job one step, only if it is still where the caller saw it (compare-and-set on seq).
 -- Every task message carries the seq it expects, so duplicates and redeliveries fall out here.
 -- KEYS[1] job hash   KEYS[2] batch hash   KEYS[3] due zset   KEYS[4] queued zset
--- KEYS[5] a task queue (list)
+-- KEYS[5] a task queue (list), given with a message only
 -- ARGV[1] job_id   ARGV[2] expected seq   ARGV[3] allowed current states, comma-separated
 -- ARGV[4] new state   ARGV[5] seq increment (0 or 1)
 -- ARGV[6] when the next step is due ('' removes the job from the due set)

@@ -2,10 +2,15 @@
 -- price and one way of counting it for every script.
 
 -- The price unseen money is estimated at: the higher of the configured unit price and the
--- price the provider was seen to charge the batch (price.lua raises earlier estimates when
--- the latter rises).
+-- price the provider was seen to charge the batch (its ``price_micros`` field, ``stored`` as
+-- read; price.lua raises earlier estimates when it rises).
+local function price_of(unit_micros, stored)
+  return math.max(unit_micros, tonumber(stored or 0) or 0)
+end
+
+-- The same, reading the batch hash (for a script that has not read it already).
 local function batch_price(batch_key, unit_micros)
-  return math.max(unit_micros, tonumber(redis.call('HGET', batch_key, 'price_micros') or 0) or 0)
+  return price_of(unit_micros, redis.call('HGET', batch_key, 'price_micros'))
 end
 
 -- A create that may have made a remote task nobody follows (a possible duplicate), counted
