@@ -235,7 +235,7 @@ def test_scrape_reads_only_the_most_recent_batches(redis_url):
     pipe.hset(keys.batch_codes("b204"), mapping={errors.HTTP_ERROR: 2, errors.STATUS_CHECK: 0})
     pipe.rpush(keys.CREATE_QUEUE, "m1", "m2", "m3")
     pipe.rpush(keys.POLL_QUEUE, "m4")
-    pipe.hset(metrics.UNACKED_KEY, mapping={"tag1": "x", "tag2": "y"})
+    pipe.hset(keys.UNACKED, mapping={"tag1": "x", "tag2": "y"})
     pipe.zadd(keys.INFLIGHT, {f"b204:j{i}": i for i in range(9)})
     pipe.zadd(keys.batch_ready("b204"), {f"b204:k{i}": i for i in range(3)})
     pipe.zadd(keys.batch_ready("b203"), {"b203:k0": 0})

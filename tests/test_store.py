@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
+import redis
 
 from workers import keys
-from workers.store import JobStore, State
+from workers.store import EndWrites, JobStore, State
 
 REQUEST = {"model": "wan26_i2i", "input": {}}
 
@@ -133,3 +134,30 @@ def test_enqueue_slices_by_bytes_too(store, monkeypatch):
     assert store.enqueue_many("b", [*jobs, ("c7", big, 8)]).new == ["b:c7"]
     assert store.batch("b")["total"] == "8"
     assert store.redis.lrange(keys.batch_jobs("b"), 0, -1) == [f"b:c{n}" for n in range(8)]
+
+
+def test_the_ends_counters_are_written_by_the_call_that_ends_the_job_only(store):
+    """An ended job's histograms and generation time go in the finish script's round trip
+    (EndWrites), counted once however many calls try to end it; a counter key of the wrong
+    type does not stop the end, and a command the script does not run is refused before any
+    write."""
+    r = store.redis
+    for custom_id in ("j", "k"):
+        store.enqueue("b", custom_id, REQUEST)
+
+    def writes() -> EndWrites:
+        return EndWrites().hincrby("h", "n").hincrbyfloat("h", "sum", 0.5).lpush("l", "x")
+
+    assert store.finish("b:j", 0, State.SUCCEEDED, {}, on_end=writes().ltrim("l", 0, 0)).ended
+    assert not store.finish("b:j", None, State.FAILED, {}, on_end=writes())
+    assert r.hgetall("h") == {"n": "1", "sum": "0.5"} and r.lrange("l", 0, -1) == ["x"]
+
+    r.set("h", "not a hash")
+    assert store.finish("b:k", 0, State.SUCCEEDED, {}, on_end=writes()).ended
+    assert r.lrange("l", 0, -1) == ["x", "x"]
+
+    store.enqueue("b", "m", REQUEST)
+    refused = EndWrites()._add("DEL", "h")
+    with pytest.raises(redis.ResponseError, match="not a write for an ended job"):
+        store.finish("b:m", 0, State.SUCCEEDED, {}, on_end=refused)
+    assert store.job("b:m")["state"] == "queued" and r.get("h") == "not a hash"

@@ -24,7 +24,7 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 
-from workers import connection, transport
+from workers import connection, keys, transport
 from workers.config import Settings
 from workers.names import ROUTES, QueueName
 
@@ -51,6 +51,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {
             "visibility_timeout": settings.visibility_timeout,
+            "unacked_key": keys.UNACKED,  # the step scripts acknowledge in them
+            "unacked_index_key": keys.UNACKED_INDEX,
             "unacked_restore_interval": 5,
             "unacked_restore_throttle": 1,
             "queue_order_strategy": "priority",

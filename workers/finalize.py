@@ -2,8 +2,8 @@
 
 Whoever calls ``succeed`` or ``fail`` for a job, however many times (duplicate polls,
 redelivered messages, a rescued job and its late original), the Lua ``finish`` script lets
-exactly one of them through; only that caller adds to the learned generation times
-(workers.latency).
+exactly one of them through, and writes for it, in the same script, the job's histograms
+(workers.metrics) and its generation time (workers.latency).
 """
 
 from __future__ import annotations
@@ -13,15 +13,13 @@ import logging
 import time
 from typing import Any
 
-import redis
-
 from workers import keys, latency, logs, metrics
 from workers.errors import CANCELLED, GENERATION_ERROR, JobFailure
 from workers.names import State, TaskName, batch_target
 from workers.pricing import worst_case_images
 from workers.provider import Status, cost_micros
 from workers.sender import Sender
-from workers.store import Finish, JobStore
+from workers.store import Delivery, EndWrites, Finish, JobStore
 
 log = logging.getLogger("wanq.finalize")
 
@@ -56,10 +54,12 @@ def succeed_or_fail(
     status: Status,
     extra: dict[str, Any] | None,
     send: Sender,
+    ack: Delivery | None = None,
 ) -> Finish:
     """Record a finished remote task (completed or failed) and learn its generation time.
 
-    ``extra`` job fields go into the same atomic step (the poll that saw the end).
+    ``extra`` job fields go into the same atomic step (the poll that saw the end), and
+    ``ack``, the poll's message, is acknowledged by it.
     """
     if status.state == "completed":
         won = _finish(
@@ -72,10 +72,11 @@ def succeed_or_fail(
             outputs=status.outputs,
             usage=status.usage,
             extra=extra,
+            ack=ack,
         )
     else:
         failure = JobFailure(GENERATION_ERROR, "the remote task failed", remote=status.error)
-        won = fail(store, job_id, seq, job, failure, send, extra=extra)
+        won = fail(store, job_id, seq, job, failure, send, extra=extra, ack=ack)
     return won
 
 
@@ -87,9 +88,18 @@ def fail(
     failure: JobFailure,
     send: Sender,
     extra: dict[str, Any] | None = None,
+    ack: Delivery | None = None,
 ) -> Finish:
     return _finish(
-        store, send, job_id, seq, job, State.FAILED, error=failure.as_record(), extra=extra
+        store,
+        send,
+        job_id,
+        seq,
+        job,
+        State.FAILED,
+        error=failure.as_record(),
+        extra=extra,
+        ack=ack,
     )
 
 
@@ -105,6 +115,7 @@ def _finish(
     usage: dict[str, Any] | None = None,
     error: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
+    ack: Delivery | None = None,
 ) -> Finish:
     record = public_record(job_id, job)
     record.update(state=str(state), outputs=outputs or [], usage=usage, error=error)
@@ -118,30 +129,29 @@ def _finish(
         unpriced_images=_unpriced_images(store, job_id, usage),
         error_code=(error or {}).get("code", ""),
         extra=extra,
+        ack=ack,
+        on_end=_observed(store, job, state, error),
     )
     announce(ended, job_id, send)
-    if ended:  # once per ended job: its log line and the Prometheus histograms
+    if ended:  # once per ended job: its log line
         outcome = f"{error['code']} {error.get('message', '')}" if error else "completed"
         fields = logs.job_fields(job_id, job.get("remote_task_id", ""))
         log.info("job %s: %s", state, outcome, extra=fields)
-        _observe(store, job, state, error)
     return ended
 
 
-def _observe(
+def _observed(
     store: JobStore, job: dict[str, str], state: State, error: dict[str, Any] | None
-) -> None:
-    """The histograms of an ended job and, for a completed one, its generation time (a
-    failure's time says nothing of generation): one MULTI/EXEC round trip; never raises."""
-    pipe = store.redis.pipeline(transaction=True)
+) -> EndWrites:
+    """The histograms of an ending job and, for a completed one, its generation time (a
+    failure's time says nothing of generation), for the finish script to write only if this
+    call ends the job: counted once, in the end's own round trip."""
+    writes = EndWrites()
     remote_done = state == State.SUCCEEDED or (error or {}).get("code") == GENERATION_ERROR
-    metrics.observe_job_end(store.redis, job, remote_done=remote_done, pipe=pipe)
+    metrics.observe_job_end(store.redis, job, remote_done=remote_done, pipe=writes)
     if state == State.SUCCEEDED:
-        latency.learn(store.redis, job, time.time(), pipe=pipe)
-    try:
-        pipe.execute()
-    except redis.RedisError:
-        log.warning("job metrics and generation time not recorded", exc_info=True)
+        latency.learn(store.redis, job, time.time(), pipe=writes)
+    return writes
 
 
 def announce(ended: Finish, job_id: str, send: Sender) -> None:

@@ -28,6 +28,11 @@ ENDED = PREFIX + "ended"  # zset batch_id -> finished at: retention purges from 
 RETENTION_CURSOR = PREFIX + "retention:cursor"  # string: rank in BATCHES the adoption walk is at
 # zset job_id -> when to ask next: ended jobs whose remote task was abandoned, followed for its cost
 ABANDONED = PREFIX + "abandoned"
+# kombu's record of delivered, not yet acknowledged messages (hash tag -> message, zset tag ->
+# delivered at), named here for the broker's options (workers.celeryconf), the step scripts
+# that acknowledge the message they run (lua/lib/acks.lua) and the metrics; kombu's own names
+UNACKED = "unacked"
+UNACKED_INDEX = "unacked_index"
 
 # Queue names live in workers.names; these aliases keep older call sites readable.
 CREATE_QUEUE = QueueName.CREATE
@@ -102,6 +107,8 @@ def lua_constants() -> str:
         "K_READY": READY,
         "K_DUE": DUE,
         "K_ABANDONED": ABANDONED,
+        "K_UNACKED": UNACKED,
+        "K_UNACKED_INDEX": UNACKED_INDEX,
         "K_ADMIT_TURN": ADMIT_TURN,
         "K_JOB_PREFIX": job(""),
         "K_BATCH_PREFIX": batch(""),

@@ -4,7 +4,8 @@ Two halves:
 
 - ``record_job_end`` is called once per ended job (by the result callback). It adds the
   job's result lag and poll count to two cumulative histograms, each one Redis hash, in one
-  MULTI/EXEC round trip, so a scrape never sees a bucket updated without its count.
+  atomic step (a MULTI/EXEC, or the finish script that ends the job: workers.store.EndWrites),
+  so a scrape never sees a bucket updated without its count.
 - ``WanqCollector`` reads Redis at scrape time with bounded work: no SCAN, only the
   ``BATCH_LIMIT`` most recent batches of ``wanq:batches``, one pipelined round trip for them
   and the cluster-wide values, plus one for the account state.
@@ -58,7 +59,6 @@ COUNT_FIELD = "_count"
 
 BATCH_LIMIT = 200  # batches read per scrape: the most recent ones of wanq:batches
 QUEUES = (keys.CREATE_QUEUE, keys.POLL_QUEUE, keys.DELIVER_QUEUE)
-UNACKED_KEY = "unacked"  # kombu's hash of delivered, not yet acknowledged messages
 DUPLICATE_CREATES_FIELD = "create_window_losses"  # in wanq:stats
 # in wanq:stats: abandoned remote tasks whose cost the sweeper learned, or gave up on
 ABANDONED_FIELDS = ("abandoned_settled", "abandoned_given_up")
@@ -184,7 +184,7 @@ class WanqCollector(Collector):
             pipe.hgetall(keys.batch_codes(batch_id))
         for queue in QUEUES:
             pipe.llen(queue)
-        pipe.hlen(UNACKED_KEY)
+        pipe.hlen(keys.UNACKED)
         pipe.hmget(RESULT_LAG_KEY, _fields(LAG_BUCKETS))
         pipe.hmget(POLLS_KEY, _fields(POLL_BUCKETS))
         pipe.hmget(keys.STATS, [DUPLICATE_CREATES_FIELD, *ABANDONED_FIELDS])

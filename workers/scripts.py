@@ -20,7 +20,7 @@ from workers.names import lua_constants
 
 LUA = resources.files("workers") / "lua"
 # workers/lua/lib: functions every script may call
-LUA_LIBRARY = ("slots", "images", "abandoned", "money")
+LUA_LIBRARY = ("slots", "images", "abandoned", "money", "acks")
 
 
 @functools.cache

@@ -73,6 +73,42 @@ class View:
     payload: str | None = None  # the stored request, when asked for (creates)
 
 
+class EndWrites:
+    """Writes owed once per ended job (its histograms, its generation time), queued as on a
+    pipeline (``metrics.record_job_end`` and ``latency.learn`` take one) and run by the finish
+    script in the one call that ends the job, in its round trip (lua/finish.lua)."""
+
+    COMMANDS = ("HINCRBY", "HINCRBYFLOAT", "LPUSH", "LTRIM")  # what the script runs
+
+    def __init__(self) -> None:
+        self.commands: list[list[str]] = []
+
+    def hincrby(self, name: str, key: str, amount: int = 1) -> EndWrites:
+        return self._add("HINCRBY", name, key, int(amount))
+
+    def hincrbyfloat(self, name: str, key: str, amount: float = 1.0) -> EndWrites:
+        return self._add("HINCRBYFLOAT", name, key, repr(float(amount)))
+
+    def lpush(self, name: str, *values: str) -> EndWrites:
+        return self._add("LPUSH", name, *values)
+
+    def ltrim(self, name: str, start: int, end: int) -> EndWrites:
+        return self._add("LTRIM", name, int(start), int(end))
+
+    def _add(self, *command: Any) -> EndWrites:
+        self.commands.append([str(part) for part in command])
+        return self
+
+
+@dataclass
+class Delivery:
+    """The task message a step's caller runs, given to the step's script to acknowledge with
+    the step (lua/lib/acks.lua): ``acked`` once a script did, whatever the step's outcome."""
+
+    tag: str
+    acked: bool = False
+
+
 @dataclass(frozen=True)
 class Step:
     """The answer of a compare-and-set step: did it apply, and where the job is now."""
@@ -326,9 +362,12 @@ class JobStore:
         incr: tuple[str, ...] = (),
         fields: dict[str, Any] | None = None,
         then: tuple[str, str] | None = None,
+        ack: Delivery | None = None,
     ) -> Step:
         """``then``: a (queue, message) pushed in the same script if the step applies, the
-        next task of the job (workers.sender.Prepared): a step is never without its message."""
+        next task of the job (workers.sender.Prepared): a step is never without its message.
+        ``ack``: the task message the caller runs, acknowledged by the same script whether
+        the step applies or is stale."""
         batch_id = keys.batch_of(job_id)
         flat: list[Any] = []
         for name, value in (fields or {}).items():
@@ -346,9 +385,12 @@ class JobStore:
                 "" if due is None else repr(due),
                 ",".join(incr),
                 message,
+                ack.tag if ack else "",
                 *flat,
             ],
         )
+        if ack:
+            ack.acked = True
         return Step(bool(applied), int(new_seq), previous)
 
     def finish(
@@ -363,10 +405,15 @@ class JobStore:
         error_code: str = "",
         extra: dict[str, Any] | None = None,
         pipe: redis.client.Pipeline | None = None,
+        ack: Delivery | None = None,
+        on_end: EndWrites | None = None,
     ) -> Finish:
         """The terminal transition plus the stream entry, atomically and once per job.
 
         ``extra`` fields are written to the job hash in the same step (the last poll's count).
+        ``ack``: the task message the caller runs, acknowledged by the same script whether the
+        job ends or the call is stale (not with ``pipe``: the script runs later).
+        ``on_end``: written only by the call that ends the job.
         ``unpriced_images``: images made whose cost the provider did not give as a usable
         number; the script counts them as estimated-unseen money at the batch's price.
 
@@ -412,10 +459,14 @@ class JobStore:
                 "1" if self.always_deliver else "0",
                 unpriced_images,
                 self.unit_micros,
+                ack.tag if ack and pipe is None else "",
+                json.dumps(on_end.commands if on_end else []),
                 *fields,
             ],
             client=pipe or self.redis,
         )
+        if ack and pipe is None:
+            ack.acked = True
         return answer if pipe is not None else finish_answer(answer)
 
     def claim(

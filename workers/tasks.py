@@ -15,9 +15,9 @@ import logging
 import time
 from typing import Any, Protocol
 
-from celery import Celery, signals
+from celery import Celery, Task, signals
 
-from workers import account, delivery_threads, errors, latency, logs, pacing, schedule
+from workers import account, delivery_threads, errors, latency, logs, pacing, schedule, transport
 from workers.errors import JobFailure
 from workers.finalize import cancel, fail, succeed_or_fail
 from workers.handover import Handover
@@ -27,7 +27,7 @@ from workers.pricing import worst_case_images
 from workers.provider import AccountProblem, Rejected, Transient
 from workers.runtime import Runtime
 from workers.sender import Sender
-from workers.store import Step, View
+from workers.store import Delivery, Step, View
 
 log = logging.getLogger("wanq.tasks")
 
@@ -67,10 +67,15 @@ def register(app: Celery, rt: Runtime) -> None:
     ) -> str:
         return create_step(rt, self, job_id, seq, probe=probe, paced=paced)
 
-    @app.task(name=TaskName.POLL)
-    def poll(job_id: str, seq: int, paced: bool = False) -> str:
+    @app.task(name=TaskName.POLL, bind=True)
+    def poll(self: Task, job_id: str, seq: int, paced: bool = False) -> str:
         handover = Handover(rt.send)
-        outcome = poll_step(rt, job_id, seq, paced=paced, send=handover)
+        message = Delivery((self.request.properties or {}).get("delivery_tag") or "")
+        try:
+            outcome = poll_step(rt, job_id, seq, paced=paced, send=handover, ack=message)
+        finally:
+            if message.acked:  # by the step's script: Celery's ack after this task is no-op
+                transport.acked_by_script(message.tag)
         for admitted in handover.creates:  # the slot this poll freed, used at once
             create_inline(rt, *admitted)
         if handover.creates:
@@ -273,10 +278,18 @@ def create_inline(rt: Runtime, job_id: str, seq: int) -> str:
 
 
 def poll_step(
-    rt: Runtime, job_id: str, seq: int, *, paced: bool = False, send: Sender | None = None
+    rt: Runtime,
+    job_id: str,
+    seq: int,
+    *,
+    paced: bool = False,
+    send: Sender | None = None,
+    ack: Delivery | None = None,
 ) -> str:
     """One status call. ``send`` takes what ending the job sets off (the poll task passes a
-    ``Handover``, to run the create of the job given the freed slot itself)."""
+    ``Handover``, to run the create of the job given the freed slot itself). ``ack``, the
+    poll's message, is acknowledged by the script of the step the status leads to (the next
+    poll's or the end's); on the other ways out the task's ack after it does."""
     jobs, settings = rt.store, rt.settings
     send = send or rt.send
     view = jobs.view(job_id)
@@ -318,20 +331,22 @@ def poll_step(
             return "failed"
         delay = rt.retry.delay(misses, exc.retry_after)
         fields = {"poll_errors": misses, "last_error": str(exc), "unmeasured": 1}
-        return _poll_again(rt, job, delay, fields)
+        return _poll_again(rt, job, delay, fields, ack)
 
     if account.status_worked(jobs.redis, view.account):  # an outage only polls saw ends here
         log.info("a status call went through: the account works again, creation resumes")
     if status.done:  # this poll is counted in the same atomic step that ends the job
         seen = {"polls": job.polls + 1, **_first_poll(job, now)}
-        ended = succeed_or_fail(jobs, job_id, seq, job.raw, status, seen, send)
+        ended = succeed_or_fail(jobs, job_id, seq, job.raw, status, seen, send, ack)
         return "finished" if ended else "stale"
     elapsed = now - job.created_at
     delay = schedule.next_poll_delay(job.polls + 1, elapsed, latency.estimate(jobs.redis), settings)
-    return _poll_again(rt, job, delay, {"poll_errors": 0, "last_miss_at": now})
+    return _poll_again(rt, job, delay, {"poll_errors": 0, "last_miss_at": now}, ack)
 
 
-def _poll_again(rt: Runtime, job: Job, delay: float, fields: dict[str, Any]) -> str:
+def _poll_again(
+    rt: Runtime, job: Job, delay: float, fields: dict[str, Any], ack: Delivery | None = None
+) -> str:
     delay = schedule.clamp(delay, rt.settings)
     now = time.time()
     fields = {**fields, **_first_poll(job, now), "poll_at": now + delay}
@@ -344,6 +359,7 @@ def _poll_again(rt: Runtime, job: Job, delay: float, fields: dict[str, Any]) -> 
         due=now + delay,
         incr=("polls",),
         fields=fields,
+        ack=ack,
     )
     return "polling" if step.applied else "stale"
 

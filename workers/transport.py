@@ -1,5 +1,6 @@
 """kombu's Redis transports with a full Redis counted as a lost connection, not a broken one,
-and one Redis client per channel instead of one per command (``_ReusedClient``).
+one Redis client per channel instead of one per command (``_ReusedClient``), and the ack of a
+message whose step script acknowledged it already (``acked_by_script``) kept in memory.
 
 Under ``maxmemory`` with ``noeviction`` Redis refuses writes ("OOM command not allowed"),
 every command queued in a MULTI included: kombu's ack (a ZREM and HDEL transaction) fails.
@@ -55,6 +56,9 @@ class QoS(kombu_redis.QoS):
             virtual.QoS.append(self, message, delivery_tag)
 
     def ack(self, delivery_tag: str) -> None:
+        if _ACKED_BY_SCRIPT.pop(delivery_tag, None):  # its record is gone: forget it here too
+            virtual.QoS.ack(self, delivery_tag)
+            return
         message = self._delivered.get(delivery_tag)
         task_id = message.headers.get("id") if message is not None else None
         if task_id in _FAILED_ON_OOM:  # the step did not happen: run it again, not ack it
@@ -67,6 +71,9 @@ class QoS(kombu_redis.QoS):
             self._refuse(delivery_tag)
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        if _ACKED_BY_SCRIPT.pop(delivery_tag, None):  # its step is done: nothing to run again
+            virtual.QoS.ack(self, delivery_tag)
+            return
         try:
             super().reject(delivery_tag, requeue=requeue)
         except OOM_ERRORS:
@@ -112,6 +119,17 @@ class QoS(kombu_redis.QoS):
 
 # Tasks that failed on a full Redis, by task ID: their ack becomes a redelivery (QoS.ack).
 _FAILED_ON_OOM: set[str] = set()
+
+# Delivery tags of messages a step script acknowledged with its step (lua/lib/acks.lua, one
+# round trip fewer per poll): kombu's ack of them only forgets them in this process. A dict
+# (insertion-ordered, atomic pop under the GIL) used as a set.
+_ACKED_BY_SCRIPT: dict[str, bool] = {}
+
+
+def acked_by_script(delivery_tag: str) -> None:
+    """The message ``delivery_tag``'s unacked record is gone: its task's ack sends nothing."""
+    if delivery_tag:
+        _ACKED_BY_SCRIPT[delivery_tag] = True
 
 
 def is_oom(exc: BaseException | None) -> bool:

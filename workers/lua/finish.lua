@@ -15,7 +15,12 @@
 -- (a hostile ``usage.cost``: "1e300", "Infinity"): priced at the higher of ARGV[13] (the
 -- configured unit price, micro-USD) and the batch's learned price, as estimated-unseen money
 -- (``unseen_micros``), which the budget counts: billed money is never counted as $0
--- ARGV[14..] field, value pairs for the job hash
+-- ARGV[14] the delivery tag of the task message the caller runs, acknowledged here whether the
+-- job ends or the call is stale ('' for none; lib/acks.lua)
+-- ARGV[15] JSON list of commands run only by the call that ends the job (workers.store.EndWrites:
+-- the ended job's histograms and generation time, counted once), each of END_WRITES; their
+-- errors (a key of another type) are ignored: counters never stop a job from ending
+-- ARGV[16..] field, value pairs for the job hash
 -- Returns {ended, batch ended, callbacks owed, {admitted job_id, seq, ...}}: ended is 1 only
 -- for the one call that ended the job, batch ended only for the call that ended its last job.
 -- The job's budget reservation and in-flight slot are given back here; the slot goes at once
@@ -28,7 +33,10 @@ local job_id, expected_seq, final_state, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4
 local cost, error_code, stream_max, record = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local cap, always_deliver = ARGV[9], ARGV[11] == '1'
 local unpriced, unit_micros = tonumber(ARGV[12]), tonumber(ARGV[13])
-local FIRST_FIELD = 14
+local delivery_tag = ARGV[14]
+local END_WRITES = {HINCRBY = true, HINCRBYFLOAT = true, LPUSH = true, LTRIM = true}
+local end_writes = cjson.decode(ARGV[15])
+local FIRST_FIELD = 16
 
 -- Arguments are checked before the first write: a bad one must not leave half a step done.
 local cost_arg = tonumber(cost)
@@ -38,13 +46,17 @@ if not cost_arg or cost_arg < 0 or cost_arg > 1e12 or cost_arg ~= math.floor(cos
     or not unit_micros or unit_micros < 0 or unit_micros > 1e12 then
   return redis.error_reply('finish: cost, time and stream length must be bounded numbers')
 end
+for _, command in ipairs(end_writes) do
+  if not END_WRITES[command[1]] then
+    return redis.error_reply('finish: not a write for an ended job: ' .. tostring(command[1]))
+  end
+end
 local cur = redis.call('HMGET', job_key, 'state', 'seq', 'remote_task_id', 'abandoned_task',
   'abandoned_cost_micros', 'worst_images', 'worst_micros')
 local state, seq, remote = cur[1], cur[2], cur[3] or ''
-if not state or state == S_SUCCEEDED or state == S_FAILED or state == S_CANCELLED then
-  return {0, 0, 0, {}}
-end
-if expected_seq ~= '' and seq ~= expected_seq then
+if not state or state == S_SUCCEEDED or state == S_FAILED or state == S_CANCELLED
+    or (expected_seq ~= '' and seq ~= expected_seq) then
+  ack_message(delivery_tag)
   return {0, 0, 0, {}}
 end
 redis.call('HSET', job_key, 'state', final_state, 'seq', tonumber(seq) + 1, 'completed_at', now)
@@ -127,4 +139,8 @@ if tonumber(b[1] or 0) == ended and redis.call('HSETNX', batch_key, 'finished_at
     redis.call('ZADD', ended_key, now, redis.call('HGET', job_key, 'batch'))
   end
 end
+for _, command in ipairs(end_writes) do
+  redis.pcall(unpack(command))
+end
+ack_message(delivery_tag)
 return {1, batch_ended, owed, admitted}

@@ -8,20 +8,25 @@
 -- ARGV[7] fields to increment by 1, comma-separated ('' for none)
 -- ARGV[8] a task message LPUSHed on KEYS[5] if the step applies ('' for none): the job's
 --         next task, rendered for the new seq, so the step never lands without it
--- ARGV[9..] field, value pairs to set
+-- ARGV[9] the delivery tag of the task message the caller runs, acknowledged here whether the
+--         step applies or is stale ('' for none: the caller's task acks as kombu does)
+-- ARGV[10..] field, value pairs to set
 -- Returns {1, new seq, previous state} on success, {0, current seq, current state} otherwise.
 local job_key, batch_key, due_key, queued_key, task_queue = KEYS[1], KEYS[2], KEYS[3], KEYS[4],
   KEYS[5]
 local job_id, expected_seq, allowed, new_state = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local seq_increment, due_at, increments, message = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-local FIRST_FIELD = 9
+local delivery_tag = ARGV[9]
+local FIRST_FIELD = 10
 
 local cur = redis.call('HMGET', job_key, 'state', 'seq')
 local state, seq = cur[1], cur[2]
 if not state then
+  ack_message(delivery_tag)
   return {0, -1, ''}
 end
 if seq ~= expected_seq or not string.find(',' .. allowed .. ',', ',' .. state .. ',', 1, true) then
+  ack_message(delivery_tag)
   return {0, tonumber(seq), state}
 end
 local new_seq = tonumber(seq) + tonumber(seq_increment)
@@ -47,4 +52,5 @@ end
 if message ~= '' then
   redis.call('LPUSH', task_queue, message)
 end
+ack_message(delivery_tag)
 return {1, new_seq, state}
