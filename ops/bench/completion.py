@@ -60,6 +60,9 @@ class RunResult:
     loadavg: float = float("nan")  # the machine's 1-min load average as the run ended
     lag_mean_s: float = float("nan")  # what each slot cycle pays besides generating
     first_round_s: float = float("nan")  # start of submission to the C-th remote task created
+    # Redis round trips of the run, every client's (workers, producer, the bench's progress
+    # reads every 0.25 s): INFO stats total_reads_processed, which CPU noise does not move
+    redis_round_trips: int = 0
 
     @property
     def tasks_per_job(self) -> float:
@@ -74,6 +77,10 @@ class RunResult:
     @property
     def steady_vs_limit(self) -> float:
         return self.steady_jobs_per_s / self.limit_per_s
+
+    @property
+    def round_trips_per_job(self) -> float:
+        return self.redis_round_trips / max(1, self.ended)
 
     @property
     def cpu_s_per_1000(self) -> float:
@@ -97,6 +104,7 @@ def run(
     try:
         client = bench.client()
         stats0, cpu0, services0 = bench.sim_stats(), bench.cpu(processes), bench.service_cpu()
+        reads0 = redis_reads(bench)
         batch_id = f"bench-w{workers}"
         started = time.time()
         pcpu0 = time.process_time()
@@ -109,6 +117,7 @@ def run(
         except TimeoutError:
             timed_out = True
         worker_cpu = bench.cpu(processes) - cpu0
+        round_trips = redis_reads(bench) - reads0
         stats1, services1 = bench.sim_stats(), bench.service_cpu()
         records = list(client.store.iter_batch_jobs(batch_id))
     finally:
@@ -154,7 +163,14 @@ def run(
         loadavg=os.getloadavg()[0],
         lag_mean_s=mean(lags),
         first_round_s=first_round(remote.values(), started, params.cap),
+        redis_round_trips=round_trips,
     )
+
+
+def redis_reads(bench: Bench) -> int:
+    """Requests Redis has read from its clients so far: about one per round trip (a
+    pipeline or a script is one)."""
+    return int(bench.redis().info("stats")["total_reads_processed"])
 
 
 def _slot_shares(

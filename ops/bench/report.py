@@ -379,7 +379,9 @@ def _cost(res: Results) -> list[Figure]:
             "worker_send_task_events; workers send no task-sent events) and INFO log lines, "
             "besides the Lua scripts and HTTP (docs/bench-profile.md)",
             f"producer {main.producer_cpu_s:.2f} s + workers {main.worker_cpu_s:.2f} s for "
-            f"{main.ended:,} jobs; not counted: redis-server "
+            f"{main.ended:,} jobs, {main.round_trips_per_job:.1f} Redis round trips per job "
+            "(every client's, the bench's progress reads too: INFO total_reads_processed); "
+            "not counted: redis-server "
             f"{main.service_cpu_s.get('redis', 0):.2f} s, simulator "
             f"{main.service_cpu_s.get('simulator', 0):.2f} s",
         ),
