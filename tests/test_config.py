@@ -18,6 +18,7 @@ from workers.errors import ConfigError
         ({"WANQ_CONCURRENCY": "0"}, "WANQ_CONCURRENCY must be an integer >= 1"),
         ({"WANQ_CREATE_RATE": "nan"}, "WANQ_CREATE_RATE must be a number >= 0"),
         ({"WANQ_REDIS_URL": "htp://x"}, "WANQ_REDIS_URL must be a redis://"),
+        ({"WANQ_REDIS_URL": "unix:///run/redis.sock"}, "WANQ_REDIS_URL must be a redis://"),
         ({"WANQ_PROVIDER_URL": "localhost:8765"}, "WANQ_PROVIDER_URL must be an http://"),
         ({"WANQ_STATUS_PATH": "/tasks"}, "must be a path starting with / that contains {task_id}"),
         (
