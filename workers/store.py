@@ -76,9 +76,8 @@ class View:
 class EndWrites:
     """Writes owed once per ended job (its histograms, its generation time), queued as on a
     pipeline (``metrics.record_job_end`` and ``latency.learn`` take one) and run by the finish
-    script in the one call that ends the job, in its round trip (lua/finish.lua)."""
-
-    COMMANDS = ("HINCRBY", "HINCRBYFLOAT", "LPUSH", "LTRIM")  # what the script runs
+    script in the one call that ends the job, in its round trip (lua/finish.lua, which runs
+    these four commands, its END_WRITES, and refuses any other)."""
 
     def __init__(self) -> None:
         self.commands: list[list[str]] = []
@@ -429,6 +428,7 @@ class JobStore:
         for name, value in (extra or {}).items():
             fields += [name, _encode(value)]
         stream_record = {**record, "state": str(state), "completed_at": now}
+        acked = ack if pipe is None else None  # with a pipeline the script runs later
         answer = self._scripts["finish"](
             keys=[
                 keys.job(job_id),
@@ -459,14 +459,14 @@ class JobStore:
                 "1" if self.always_deliver else "0",
                 unpriced_images,
                 self.unit_micros,
-                ack.tag if ack and pipe is None else "",
+                acked.tag if acked else "",
                 json.dumps(on_end.commands if on_end else []),
                 *fields,
             ],
             client=pipe or self.redis,
         )
-        if ack and pipe is None:
-            ack.acked = True
+        if acked:
+            acked.acked = True
         return answer if pipe is not None else finish_answer(answer)
 
     def claim(
