@@ -12,12 +12,14 @@ import pytest
 
 from workers import config, keys
 from workers.app import app
+from workers.jobs import Followed
 from workers.names import State, TaskName
 from workers.runtime import Runtime
 from workers.sender import CelerySender
 from workers.tasks import _step_and_poll
 
 REQUEST = {"model": "wan26_i2i", "input": {}}
+FOLLOWED = Followed("task-1", 1700000000.25, 2, 1, True)
 
 
 class Recorder:
@@ -47,13 +49,13 @@ def test_the_step_pushes_a_poll_for_the_seq_it_gives(settings):
     rt.prepare = sender.prepare
     job_id = _queued_job(rt)
 
-    moved = _step_and_poll(rt, job_id, 0, State.QUEUED, 7.5, due=1.0)
+    moved = _step_and_poll(rt, job_id, 0, State.QUEUED, 7.5, FOLLOWED, due=1.0)
 
     assert moved.applied and moved.seq == 1 and recorder.sent == []
     (raw,) = rt.store.redis.lrange(keys.POLL_QUEUE, 0, -1)
     message = json.loads(raw)
     assert message["headers"]["task"] == TaskName.POLL and message["headers"]["eta"]
-    assert json.loads(base64.b64decode(message["body"]))[0] == [job_id, 1]
+    assert json.loads(base64.b64decode(message["body"]))[0] == [job_id, 1, FOLLOWED.text()]
     assert rt.store.job(job_id)["state"] == State.RUNNING
 
 
@@ -62,10 +64,10 @@ def test_without_a_renderer_the_poll_is_sent_after_the_step(settings):
     rt = Runtime(settings, recorder)  # no prepare: e.g. a worker app sending task-sent events
     job_id = _queued_job(rt)
 
-    moved = _step_and_poll(rt, job_id, 0, State.QUEUED, 7.5, due=1.0)
+    moved = _step_and_poll(rt, job_id, 0, State.QUEUED, 7.5, FOLLOWED, due=1.0)
 
     assert moved.applied
-    assert recorder.sent == [(TaskName.POLL, (job_id, 1), 7.5)]
+    assert recorder.sent == [(TaskName.POLL, (job_id, 1, FOLLOWED.text()), 7.5)]
     assert rt.store.redis.llen(keys.POLL_QUEUE) == 0
 
 
@@ -77,7 +79,7 @@ def test_a_stale_step_sends_no_poll(settings, renders):
         rt.prepare = CelerySender(app, lambda: rt.store.redis).prepare
     job_id = _queued_job(rt)
 
-    stale = _step_and_poll(rt, job_id, 3, State.QUEUED, 7.5, due=1.0)
+    stale = _step_and_poll(rt, job_id, 3, State.QUEUED, 7.5, FOLLOWED, due=1.0)
 
     assert not stale.applied and recorder.sent == []
     assert rt.store.redis.llen(keys.POLL_QUEUE) == 0

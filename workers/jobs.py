@@ -7,6 +7,7 @@ the fields as stored, for the public record and for steps that pass them on.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from workers.names import State
@@ -66,3 +67,46 @@ class Job:
             last_miss_at=_float(raw, "last_miss_at") if raw.get("last_miss_at") else None,
             raw=raw,
         )
+
+
+@dataclass(frozen=True)
+class Followed:
+    """What a poll's message carries of its running job: the fields the step that sent it
+    left. They hold as long as the job's seq is the message's (each of them changes only with a
+    step, and every step moves the seq), so a poll that has them calls the provider without
+    reading the job first; the step after the call checks the seq, as every step does (one
+    round trip per unfinished poll instead of two). Polls sent without them (the sweeper's,
+    a reopened job's) read the job."""
+
+    remote_task_id: str
+    created_at: float
+    polls: int
+    poll_errors: int
+    polled: bool  # the job's first poll is recorded (first_poll_at)
+
+    @classmethod
+    def of(cls, job: Job) -> Followed:
+        return cls(
+            job.remote_task_id, job.created_at, job.polls, job.poll_errors, bool(job.first_poll_at)
+        )
+
+    def text(self) -> str:
+        """One message argument: the remote ID last, so that no character of it can shift
+        the numbers."""
+        numbers = f"{self.created_at!r}|{self.polls}|{self.poll_errors}|{int(self.polled)}"
+        return f"{numbers}|{self.remote_task_id}"
+
+    @classmethod
+    def parse(cls, text: str) -> Followed | None:
+        """None for anything but what ``text`` writes: the poll reads the job instead."""
+        parts = text.split("|", 4) if isinstance(text, str) else []
+        if len(parts) != 5 or not parts[4]:
+            return None
+        created_at, polls, poll_errors, polled, remote_task_id = parts
+        try:
+            numbers = float(created_at), int(polls), int(poll_errors)
+        except ValueError:
+            return None
+        if not math.isfinite(numbers[0]):
+            return None
+        return cls(remote_task_id, *numbers, polled == "1")

@@ -115,6 +115,8 @@ class Step:
     applied: bool
     seq: int
     previous: str
+    batch_cancelled: bool = False  # a poll's step refused: end the job as cancelled instead
+    account_blocked: bool = False  # told to a poll's step only
 
 
 class JobStore:
@@ -362,17 +364,20 @@ class JobStore:
         fields: dict[str, Any] | None = None,
         then: tuple[str, str] | None = None,
         ack: Delivery | None = None,
+        poll: bool = False,
     ) -> Step:
         """``then``: a (queue, message) pushed in the same script if the step applies, the
         next task of the job (workers.sender.Prepared): a step is never without its message.
         ``ack``: the task message the caller runs, acknowledged by the same script whether
-        the step applies or is stale."""
+        the step applies or is stale. ``poll``: the step of a poll that called the provider
+        without reading the job first; the script reads for it what that read would have
+        told (a cancelled batch refuses the step, unacknowledged; a blocked account)."""
         batch_id = keys.batch_of(job_id)
         flat: list[Any] = []
         for name, value in (fields or {}).items():
             flat += [name, _encode(value)]
         queue, message = then or (None, "")
-        applied, new_seq, previous = self._scripts["step"](
+        answer = self._scripts["step"](
             keys=[keys.job(job_id), keys.batch(batch_id), keys.DUE, keys.QUEUED]
             + ([queue] if queue else []),
             args=[
@@ -385,12 +390,20 @@ class JobStore:
                 ",".join(incr),
                 message,
                 ack.tag if ack else "",
+                "1" if poll else "",
                 *flat,
             ],
         )
+        step = Step(
+            bool(answer[0]),
+            int(answer[1]),
+            text(answer[2]) or "",
+            batch_cancelled=len(answer) > 3 and bool(answer[3]),
+            account_blocked=len(answer) > 4 and bool(answer[4]),
+        )
         if ack:
-            ack.acked = True
-        return Step(bool(applied), int(new_seq), previous)
+            ack.acked = not step.batch_cancelled
+        return step
 
     def finish(
         self,

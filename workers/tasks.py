@@ -3,8 +3,9 @@
 
 ``register(app, runtime)`` binds them to an app; the bodies use only the runtime passed in
 (settings, store, provider, sender), never module globals. Create and poll take
-``(job_id, seq)`` and nothing else: the request lives in Redis (claim check), the API key in
-the worker's environment. A message whose seq no longer matches the job is stale (a duplicate,
+``(job_id, seq)`` (a poll sent by a step also what the step knows of the job, see
+``jobs.Followed``): the request lives in Redis (claim check), the API key in the worker's
+environment. A message whose seq no longer matches the job is stale (a duplicate,
 a redelivery, a rescued job's late original) and does nothing. No task ever sleeps: every wait
 is a countdown on a new message.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import Any, Protocol
 
 from celery import Celery, Task, signals
@@ -21,10 +23,10 @@ from workers import account, delivery_threads, errors, latency, logs, pacing, sc
 from workers.errors import JobFailure
 from workers.finalize import cancel, fail, succeed_or_fail
 from workers.handover import Handover
-from workers.jobs import Job
+from workers.jobs import Followed, Job
 from workers.names import JOB_TASKS, BatchState, Hold, State, TaskName, target_batch
 from workers.pricing import worst_case_images
-from workers.provider import AccountProblem, Rejected, Transient
+from workers.provider import AccountProblem, Rejected, Status, Transient
 from workers.runtime import Runtime
 from workers.sender import Sender
 from workers.store import Delivery, Step, View
@@ -68,11 +70,13 @@ def register(app: Celery, rt: Runtime) -> None:
         return create_step(rt, self, job_id, seq, probe=probe, paced=paced)
 
     @app.task(name=TaskName.POLL, bind=True)
-    def poll(self: Task, job_id: str, seq: int, paced: bool = False) -> str:
+    def poll(self: Task, job_id: str, seq: int, known: str = "", paced: bool = False) -> str:
         handover = Handover(rt.send)
         message = Delivery((self.request.properties or {}).get("delivery_tag") or "")
         try:
-            outcome = poll_step(rt, job_id, seq, paced=paced, send=handover, ack=message)
+            outcome = poll_step(
+                rt, job_id, seq, known=known, paced=paced, send=handover, ack=message
+            )
         finally:
             if message.acked:  # by the step's script: Celery's ack after this task is no-op
                 transport.acked_by_script(message.tag)
@@ -146,7 +150,7 @@ def _poll_if_overdue(rt: Runtime, job: Job) -> str:
     due = rt.store.due.when(job.job_id)
     if due is None or due > time.time():
         return "stale"
-    rt.send(TaskName.POLL, (job.job_id, job.seq))
+    rt.send(TaskName.POLL, (job.job_id, job.seq, Followed.of(job).text()))
     return "polling"
 
 
@@ -198,7 +202,8 @@ def _create_remote(
         "last_error": "",
         "poll_at": now + delay,
     }
-    _step_and_poll(rt, job_id, seq, State.CREATING, delay, due=now + delay, fields=fields)
+    followed = Followed(remote_id, now, job.polls, job.poll_errors, bool(job.first_poll_at))
+    _step_and_poll(rt, job_id, seq, State.CREATING, delay, followed, due=now + delay, fields=fields)
     return "created"
 
 
@@ -282,101 +287,184 @@ def poll_step(
     job_id: str,
     seq: int,
     *,
+    known: str = "",
     paced: bool = False,
     send: Sender | None = None,
     ack: Delivery | None = None,
 ) -> str:
-    """One status call. ``send`` takes what ending the job sets off (the poll task passes a
-    ``Handover``, to run the create of the job given the freed slot itself). ``ack``, the
-    poll's message, is acknowledged by the script of the step the status leads to (the next
-    poll's or the end's); on the other ways out the task's ack after it does."""
+    """One status call. ``known``: what the message carries of the job (``jobs.Followed``,
+    written by the step that sent it); without it the job is read first. ``send`` takes what
+    ending the job sets off (the poll task passes a ``Handover``, to run the create of the job
+    given the freed slot itself). ``ack``, the poll's message, is acknowledged by the script of
+    the step the status leads to (the next poll's or the end's); on the other ways out the
+    task's ack after it does."""
     jobs, settings = rt.store, rt.settings
     send = send or rt.send
-    view = jobs.view(job_id)
-    job = view.job
-    if job is None or job.seq != seq or job.state != State.RUNNING:
-        return "stale"
-    logs.bind_remote(job.remote_task_id)
+    followed = Followed.parse(known) if known else None
+    view = None
+    if followed is None:
+        view = jobs.view(job_id)
+        checked = _checked(rt, view, seq, send)
+        if checked:
+            return checked
+        assert view.job is not None
+        followed = Followed.of(view.job)
+    logs.bind_remote(followed.remote_task_id)
     if not paced and settings.poll_rate > 0:  # no poll rate: no pace script to run
         wait = jobs.pace(settings.poll_rate, settings.max_countdown, poll=True)
         if wait > 0:
             reserved = wait <= settings.max_countdown
             countdown = min(wait, settings.max_countdown)
-            rt.send(TaskName.POLL, (job_id, seq), kwargs={"paced": reserved}, countdown=countdown)
+            again = (job_id, seq, followed.text())
+            rt.send(TaskName.POLL, again, kwargs={"paced": reserved}, countdown=countdown)
             return "paced"
-    if view.batch_state == BatchState.CANCELLED:
-        cancel(jobs, job_id, job.raw, send)
-        return "cancelled"
     now = time.time()
-    if now - job.created_at > settings.poll_deadline:
+    if now - followed.created_at > settings.poll_deadline:
         failure = JobFailure(errors.STATUS_CHECK, f"no result after {settings.poll_deadline:.0f} s")
-        fail(jobs, job_id, seq, job.raw, failure, send)
-        return "failed"
+        return _fail(rt, job_id, seq, view, failure, send)
     try:
-        status = rt.provider.status(job.remote_task_id)
+        status = rt.provider.status(followed.remote_task_id)
     except AccountProblem as exc:
         account.block(jobs.redis, exc.http_status or 0, exc.plain(), source="status")
-        return _poll_again(rt, job, settings.max_countdown, {"unmeasured": 1})
+        return _poll_again(rt, job_id, seq, followed, settings.max_countdown, {"unmeasured": 1})
     except Rejected as exc:
         failure = JobFailure(errors.STATUS_CHECK, str(exc), remote=exc.remote())
-        fail(jobs, job_id, seq, job.raw, failure, send)
-        return "failed"
+        return _fail(rt, job_id, seq, view, failure, send)
     except Transient as exc:
-        misses = job.poll_errors + 1
+        misses = followed.poll_errors + 1
         log.info("status check %d failed: %s", misses, exc)
         if misses >= settings.poll_max_errors:
             code = errors.RESULT_PARSING if exc.unparseable else errors.STATUS_CHECK
             detail = f"{misses} failed status checks: {exc}"
-            fail(jobs, job_id, seq, job.raw, JobFailure(code, detail, remote=exc.remote()), send)
-            return "failed"
+            failure = JobFailure(code, detail, remote=exc.remote())
+            return _fail(rt, job_id, seq, view, failure, send)
         delay = rt.retry.delay(misses, exc.retry_after)
         fields = {"poll_errors": misses, "last_error": str(exc), "unmeasured": 1}
-        return _poll_again(rt, job, delay, fields, ack)
+        return _poll_again(rt, job_id, seq, followed, delay, fields, send=send, ack=ack)
 
-    if account.status_worked(jobs.redis, view.account):  # an outage only polls saw ends here
+    if status.done:
+        return _end(rt, job_id, seq, view, status, now, send, ack)
+    elapsed = now - followed.created_at
+    polls = followed.polls + 1
+    delay = schedule.next_poll_delay(polls, elapsed, latency.estimate(jobs.redis), settings)
+    fields = {"poll_errors": 0, "last_miss_at": now}
+    return _poll_again(rt, job_id, seq, followed, delay, fields, send=send, ack=ack, answered=True)
+
+
+def _checked(rt: Runtime, view: View, seq: int, send: Sender) -> str:
+    """Why a poll that read its job stops before calling the provider ("stale", or
+    "cancelled" once it ended the job), or "" to go on."""
+    job = view.job
+    if job is None or job.seq != seq or job.state != State.RUNNING:
+        return "stale"
+    if view.batch_state == BatchState.CANCELLED:
+        cancel(rt.store, job.job_id, job.raw, send)
+        return "cancelled"
+    return ""
+
+
+def _end(
+    rt: Runtime,
+    job_id: str,
+    seq: int,
+    view: View | None,
+    status: Status,
+    now: float,
+    send: Sender,
+    ack: Delivery | None,
+) -> str:
+    """The status says the remote task ended: the job's record, read now if the poll did not
+    read it before the call, goes into its end (this poll counted in the same atomic step)."""
+    if view is None:
+        view = rt.store.view(job_id)
+        checked = _checked(rt, view, seq, send)
+        if checked:
+            return checked
+    job = view.job
+    assert job is not None
+    _answered(rt, view.account)
+    seen = {"polls": job.polls + 1, **_first_poll(bool(job.first_poll_at), now)}
+    ended = succeed_or_fail(rt.store, job_id, seq, job.raw, status, seen, send, ack)
+    return "finished" if ended else "stale"
+
+
+def _answered(rt: Runtime, block: dict[str, str]) -> None:
+    """A status call went through while the account was blocked (``block``, read by the
+    poll): lift the block it disproves (an outage only polls saw ends here)."""
+    if account.status_worked(rt.store.redis, block):
         log.info("a status call went through: the account works again, creation resumes")
-    if status.done:  # this poll is counted in the same atomic step that ends the job
-        seen = {"polls": job.polls + 1, **_first_poll(job, now)}
-        ended = succeed_or_fail(jobs, job_id, seq, job.raw, status, seen, send, ack)
-        return "finished" if ended else "stale"
-    elapsed = now - job.created_at
-    delay = schedule.next_poll_delay(job.polls + 1, elapsed, latency.estimate(jobs.redis), settings)
-    return _poll_again(rt, job, delay, {"poll_errors": 0, "last_miss_at": now}, ack)
+
+
+def _fail(
+    rt: Runtime, job_id: str, seq: int, view: View | None, failure: JobFailure, send: Sender
+) -> str:
+    """End the job as failed: its record as read before the call, or read now."""
+    record = view.job.raw if view and view.job else rt.store.job(job_id)
+    fail(rt.store, job_id, seq, record, failure, send)
+    return "failed"
 
 
 def _poll_again(
-    rt: Runtime, job: Job, delay: float, fields: dict[str, Any], ack: Delivery | None = None
+    rt: Runtime,
+    job_id: str,
+    seq: int,
+    followed: Followed,
+    delay: float,
+    fields: dict[str, Any],
+    *,
+    send: Sender | None = None,
+    ack: Delivery | None = None,
+    answered: bool = False,
 ) -> str:
+    """The next poll, its step told what the poll did not read (workers.store.step's
+    ``poll``): a cancelled batch ends the job instead; ``answered``, a status call that went
+    through, lifts an account block it disproves."""
     delay = schedule.clamp(delay, rt.settings)
     now = time.time()
-    fields = {**fields, **_first_poll(job, now), "poll_at": now + delay}
+    fields = {**fields, **_first_poll(followed.polled, now), "poll_at": now + delay}
+    errors_now = int(fields.get("poll_errors", followed.poll_errors))
+    after = replace(followed, polls=followed.polls + 1, poll_errors=errors_now, polled=True)
     step = _step_and_poll(
         rt,
-        job.job_id,
-        job.seq,
+        job_id,
+        seq,
         State.RUNNING,
         delay,
+        after,
         due=now + delay,
         incr=("polls",),
         fields=fields,
         ack=ack,
+        poll=True,
     )
+    if step.batch_cancelled:
+        cancel(rt.store, job_id, rt.store.job(job_id), send or rt.send)
+        return "cancelled"
+    if answered and step.account_blocked:
+        _answered(rt, account.blocked(rt.store.redis))
     return "polling" if step.applied else "stale"
 
 
 def _step_and_poll(
-    rt: Runtime, job_id: str, seq: int, state: State, delay: float, **step: Any
+    rt: Runtime,
+    job_id: str,
+    seq: int,
+    state: State,
+    delay: float,
+    followed: Followed,
+    **step: Any,
 ) -> Step:
-    """Move the job from ``state`` to running with its next poll due in ``delay``: the poll's
-    message is pushed by the step's own script when the sender can render it (one round trip
-    fewer, and no step without its poll if this worker dies), else sent once the step is in."""
-    poll = (job_id, seq + 1)  # the seq the step gives the job
+    """Move the job from ``state`` to running with its next poll due in ``delay``, the poll
+    carrying ``followed`` (what the job holds once the step is in): the poll's message is
+    pushed by the step's own script when the sender can render it (one round trip fewer, and
+    no step without its poll if this worker dies), else sent once the step is in."""
+    poll = (job_id, seq + 1, followed.text())  # the seq the step gives the job
     prepared = rt.prepare(TaskName.POLL, poll, countdown=delay) if rt.prepare else None
     moved = rt.store.step(job_id, seq, (state,), State.RUNNING, then=prepared, **step)
     if moved.applied and prepared is None:
-        rt.send(TaskName.POLL, (job_id, moved.seq), countdown=delay)
+        rt.send(TaskName.POLL, (job_id, moved.seq, followed.text()), countdown=delay)
     return moved
 
 
-def _first_poll(job: Job, now: float) -> dict[str, float]:
-    return {} if job.first_poll_at else {"first_poll_at": now}
+def _first_poll(polled: bool, now: float) -> dict[str, float]:
+    return {} if polled else {"first_poll_at": now}

@@ -10,14 +10,20 @@
 --         next task, rendered for the new seq, so the step never lands without it
 -- ARGV[9] the delivery tag of the task message the caller runs, acknowledged here whether the
 --         step applies or is stale ('' for none: the caller's task acks as kombu does)
--- ARGV[10..] field, value pairs to set
--- Returns {1, new seq, previous state} on success, {0, current seq, current state} otherwise.
+-- ARGV[10] '1' for a poll's step (a poll that called the provider without reading the job
+--         first: the script reads for it what it would have read): refused if the job's batch
+--         is cancelled, then {0, seq, state, 1} and the message is not acknowledged (the
+--         caller ends the job, its task acks after); an applied step's answer says whether
+--         the account is blocked (a status call that went through may lift that)
+-- ARGV[11..] field, value pairs to set
+-- Returns {1, new seq, previous state, 0, account blocked (0 or 1)} on success,
+-- {0, current seq, current state} otherwise.
 local job_key, batch_key, due_key, queued_key, task_queue = KEYS[1], KEYS[2], KEYS[3], KEYS[4],
   KEYS[5]
 local job_id, expected_seq, allowed, new_state = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local seq_increment, due_at, increments, message = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-local delivery_tag = ARGV[9]
-local FIRST_FIELD = 10
+local delivery_tag, poll_guard = ARGV[9], ARGV[10] == '1'
+local FIRST_FIELD = 11
 
 local cur = redis.call('HMGET', job_key, 'state', 'seq')
 local state, seq = cur[1], cur[2]
@@ -28,6 +34,9 @@ end
 if seq ~= expected_seq or not string.find(',' .. allowed .. ',', ',' .. state .. ',', 1, true) then
   ack_message(delivery_tag)
   return {0, tonumber(seq), state}
+end
+if poll_guard and redis.call('HGET', batch_key, 'state') == B_CANCELLED then
+  return {0, tonumber(seq), state, 1}
 end
 local new_seq = tonumber(seq) + tonumber(seq_increment)
 redis.call('HSET', job_key, 'state', new_state, 'seq', new_seq)
@@ -53,4 +62,4 @@ if message ~= '' then
   redis.call('LPUSH', task_queue, message)
 end
 ack_message(delivery_tag)
-return {1, new_seq, state}
+return {1, new_seq, state, 0, poll_guard and redis.call('EXISTS', K_ACCOUNT) or 0}
