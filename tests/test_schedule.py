@@ -53,6 +53,35 @@ def test_first_poll_is_the_prior_until_enough_samples_then_the_learned_quantile(
     assert schedule.first_poll_delay(slow, SETTINGS) == SETTINGS.max_countdown
 
 
+def _bisected(distribution: schedule.Distribution, p: float) -> float:
+    """The quantile found the slow way: bisection on the CDF, bracket by bracket."""
+    lo, hi = 0.0, max(h for _, h in distribution.brackets)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if distribution.cdf(mid) < p else (lo, mid)
+    return hi
+
+
+def test_quantiles_from_the_cdfs_knots_are_the_cdfs():
+    """One sorted pass over the brackets' ends gives the quantiles bisection on the CDF does,
+    for windows of narrow brackets, (0, t] brackets and points (a bracket of no width)."""
+    rng = random.Random(5)
+    for _ in range(200):
+        brackets = []
+        for _ in range(rng.randint(schedule.MIN_SAMPLES, 300)):
+            kind, t = rng.random(), rng.uniform(1.0, 12.0)
+            if kind < 0.3:
+                brackets.append((0.0, t))
+            elif kind < 0.4:
+                brackets.append((round(t, 1), round(t, 1)))
+            else:
+                brackets.append((t, t + rng.uniform(0.01, 2.0)))
+        found = schedule.Distribution.of(brackets)
+        assert found is not None
+        for p in (0.0, 0.01, 0.3, 0.52, 0.78, 0.93, 0.985, 1.0):
+            assert found.quantile(p) == pytest.approx(_bisected(found, p), abs=1e-6)
+
+
 def test_quantiles_of_the_window_resist_outliers():
     times = uniform(6.0, 0.25)
     plain = narrow(times)
