@@ -59,13 +59,15 @@ def rt(redis_url: str, simulator: str) -> Runtime:
     return runtime(redis_url, simulator)
 
 
-def created(rt: Runtime, simulator: str, latency: float = 60) -> tuple[str, int, str]:
+def created(
+    rt: Runtime, simulator: str, latency: float = 60, ack: Delivery | None = None
+) -> tuple[str, int, str]:
     """A job created on the simulator (its task taking ``latency`` s): (job_id, seq, known)."""
     requests.post(f"{simulator}/_sim/config", json={"latency": latency}, timeout=5)
     line = jobs(1)[0]
     rt.store.enqueue("b1", line["custom_id"], line["body"])
     job_id = keys.job_id("b1", line["custom_id"])
-    assert create_step(rt, NoRetry(), job_id, 0) == "created"
+    assert create_step(rt, NoRetry(), job_id, 0, ack=ack) == "created"
     (poll,) = rt.send.polls()
     return poll
 
@@ -73,6 +75,23 @@ def created(rt: Runtime, simulator: str, latency: float = 60) -> tuple[str, int,
 def commands(rt: Runtime) -> dict[str, int]:
     stats = rt.store.redis.info("commandstats")
     return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+
+def delivered(rt: Runtime, tag: str) -> Delivery:
+    """A message as kombu records it when a worker takes it (its QoS.append)."""
+    rt.store.redis.zadd(keys.UNACKED_INDEX, {tag: 1.0})
+    rt.store.redis.hset(keys.UNACKED, tag, "[]")
+    return Delivery(tag)
+
+
+def unacked(rt: Runtime) -> set[str]:
+    return set(rt.store.redis.hkeys(keys.UNACKED))
+
+
+def test_a_create_task_is_acknowledged_by_the_step_that_stores_its_remote_id(rt, simulator):
+    message = delivered(rt, "create-1")
+    created(rt, simulator, ack=message)
+    assert message.acked and unacked(rt) == set()
 
 
 def test_the_first_poll_carries_what_the_create_stored():
@@ -96,12 +115,12 @@ def test_an_unfinished_poll_reads_nothing_before_its_step(rt, simulator):
     assert job is not None and followed.remote_task_id == job.remote_task_id
     rt.store.redis.config_resetstat()
 
-    message = Delivery("tag-1")
+    message = delivered(rt, "tag-1")
     assert poll_step(rt, job_id, seq, known=known, ack=message) == "polling"
 
     ran = commands(rt)
     assert ran.get("evalsha") == 1 and "hgetall" not in ran  # the step, and no read
-    assert message.acked
+    assert message.acked and unacked(rt) == set()
     job = rt.store.job_record(job_id)
     assert job is not None and job.seq == seq + 1 and job.polls == 1 and job.first_poll_at
     (_, (_, next_seq, next_known)) = rt.send.sent[-1]
@@ -132,11 +151,11 @@ def test_a_batch_cancelled_during_the_call_ends_the_job_not_acknowledged(rt, sim
     job_id, seq, known = created(rt, simulator)
     rt.store.set_control("b1", BatchState.CANCELLED)  # as `wanq cancel` does before its sweep
 
-    message = Delivery("tag-3")
+    message = delivered(rt, "tag-3")
     assert poll_step(rt, job_id, seq, known=known, ack=message) == "cancelled"
     job = rt.store.job_record(job_id)
     assert job is not None and job.state == State.CANCELLED
-    assert not message.acked  # the task acks it after ending the job, as without the hint
+    assert not message.acked and unacked(rt) == {"tag-3"}  # the task acks it after the end
     assert len(rt.send.polls()) == 1  # the create's, no next poll
 
 

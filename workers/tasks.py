@@ -12,8 +12,10 @@ is a countdown on a new message.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -64,22 +66,17 @@ def register(app: Celery, rt: Runtime) -> None:
     """Define wanq's tasks on ``app``, each a thin shell over the functions below."""
 
     @app.task(name=TaskName.CREATE, bind=True, max_retries=None)  # attempts counted in Redis
-    def create(
-        self: Retrying, job_id: str, seq: int, probe: bool = False, paced: bool = False
-    ) -> str:
-        return create_step(rt, self, job_id, seq, probe=probe, paced=paced)
+    def create(self: Task, job_id: str, seq: int, probe: bool = False, paced: bool = False) -> str:
+        with _message(self) as message:
+            return create_step(rt, self, job_id, seq, probe=probe, paced=paced, ack=message)
 
     @app.task(name=TaskName.POLL, bind=True)
     def poll(self: Task, job_id: str, seq: int, known: str = "", paced: bool = False) -> str:
         handover = Handover(rt.send)
-        message = Delivery((self.request.properties or {}).get("delivery_tag") or "")
-        try:
+        with _message(self) as message:
             outcome = poll_step(
                 rt, job_id, seq, known=known, paced=paced, send=handover, ack=message
             )
-        finally:
-            if message.acked:  # by the step's script: Celery's ack after this task is no-op
-                transport.acked_by_script(message.tag)
         for admitted in handover.creates:  # the slot this poll freed, used at once
             create_inline(rt, *admitted)
         if handover.creates:
@@ -94,12 +91,35 @@ def register(app: Celery, rt: Runtime) -> None:
         return delivery_threads.hand_over(rt.store, rt.settings, target, rt.send)
 
 
+@contextlib.contextmanager
+def _message(task: Task) -> Iterator[Delivery]:
+    """The message ``task`` runs, for the script of the step it leads to to acknowledge with
+    the step (workers/lua/lib/acks.lua); once one did, Celery's ack after the task only
+    forgets it in memory (workers.transport)."""
+    message = Delivery((task.request.properties or {}).get("delivery_tag") or "")
+    try:
+        yield message
+    finally:
+        if message.acked:
+            transport.acked_by_script(message.tag)
+
+
 # --- create ---------------------------------------------------------------------------------
 
 
 def create_step(
-    rt: Runtime, task: Retrying, job_id: str, seq: int, *, probe: bool = False, paced: bool = False
+    rt: Runtime,
+    task: Retrying,
+    job_id: str,
+    seq: int,
+    *,
+    probe: bool = False,
+    paced: bool = False,
+    ack: Delivery | None = None,
 ) -> str:
+    """Claim the job and create its remote task. ``ack``, the create's message, is
+    acknowledged by the script of the step that stores the remote ID; on the other ways out
+    the task's ack after it does."""
     jobs, settings = rt.store, rt.settings
     view = jobs.view(job_id, payload=True)
     job = view.job
@@ -123,7 +143,7 @@ def create_step(
         return _not_claimed(rt, view, claim.previous)
     if claim.previous == State.CREATING:
         log.warning("job %s: a create died between POST and storing the ID (counted)", job_id)
-    return _create_remote(rt, task, view, claim.seq, job.attempts + 1, request)
+    return _create_remote(rt, task, view, claim.seq, job.attempts + 1, request, ack)
 
 
 def _not_claimed(rt: Runtime, view: View, why: str) -> str:
@@ -155,7 +175,13 @@ def _poll_if_overdue(rt: Runtime, job: Job) -> str:
 
 
 def _create_remote(
-    rt: Runtime, task: Retrying, view: View, seq: int, attempts: int, request: dict[str, Any]
+    rt: Runtime,
+    task: Retrying,
+    view: View,
+    seq: int,
+    attempts: int,
+    request: dict[str, Any],
+    ack: Delivery | None = None,
 ) -> str:
     """POST, then store the remote ID and send the first poll. ``view`` was read before the
     claim: Redis is written for the account and the pace only when they were not clear."""
@@ -203,7 +229,9 @@ def _create_remote(
         "poll_at": now + delay,
     }
     followed = Followed(remote_id, now, job.polls, job.poll_errors, bool(job.first_poll_at))
-    _step_and_poll(rt, job_id, seq, State.CREATING, delay, followed, due=now + delay, fields=fields)
+    _step_and_poll(
+        rt, job_id, seq, State.CREATING, delay, followed, due=now + delay, fields=fields, ack=ack
+    )
     return "created"
 
 
