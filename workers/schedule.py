@@ -115,15 +115,6 @@ class Distribution:
         kept = tuple((max(0.0, lo), hi) for lo, hi in brackets if hi > 0 and hi >= lo)
         return cls(kept) if len(kept) >= MIN_SAMPLES else None
 
-    def cdf(self, t: float) -> float:
-        total = 0.0
-        for lo, hi in self.brackets:
-            if t >= hi:
-                total += 1.0
-            elif t > lo:
-                total += (t - lo) / (hi - lo)
-        return total / len(self.brackets)
-
     @functools.cached_property
     def _knots(self) -> tuple[list[float], list[float], list[float]]:
         """Where the CDF (in brackets, not shares) changes slope or jumps: the times, the mass

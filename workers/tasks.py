@@ -228,7 +228,7 @@ def _create_remote(
         "last_error": "",
         "poll_at": now + delay,
     }
-    followed = Followed(remote_id, now, job.polls, job.poll_errors, bool(job.first_poll_at))
+    followed = replace(Followed.of(job), remote_task_id=remote_id, created_at=now)
     _step_and_poll(
         rt, job_id, seq, State.CREATING, delay, followed, due=now + delay, fields=fields, ack=ack
     )
@@ -486,11 +486,12 @@ def _step_and_poll(
     carrying ``followed`` (what the job holds once the step is in): the poll's message is
     pushed by the step's own script when the sender can render it (one round trip fewer, and
     no step without its poll if this worker dies), else sent once the step is in."""
-    poll = (job_id, seq + 1, followed.text())  # the seq the step gives the job
+    known = followed.text()
+    poll = (job_id, seq + 1, known)  # the seq the step gives the job
     prepared = rt.prepare(TaskName.POLL, poll, countdown=delay) if rt.prepare else None
     moved = rt.store.step(job_id, seq, (state,), State.RUNNING, then=prepared, **step)
     if moved.applied and prepared is None:
-        rt.send(TaskName.POLL, (job_id, moved.seq, followed.text()), countdown=delay)
+        rt.send(TaskName.POLL, (job_id, moved.seq, known), countdown=delay)
     return moved
 
 
