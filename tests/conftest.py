@@ -153,6 +153,17 @@ class Cluster:
         return "\n".join(p.log.read_text(errors="replace") for p in self.stack.processes)
 
 
+@pytest.fixture(scope="module")
+def simulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A simulator of the module's own, for tests that drive task bodies step by step: 60 s
+    generations unless a test sets another latency (POST /_sim/config)."""
+    stack = LocalStack(tmp_path_factory.mktemp("simulator"))
+    try:
+        yield stack.start_simulator({**SIM_ENV, "WANQ_SIM_LATENCY": "60"})
+    finally:
+        stack.stop()
+
+
 @pytest.fixture
 def make_cluster(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
     stacks: list[LocalStack] = []

@@ -6,14 +6,12 @@ this process."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import requests
 
-from ops.localstack import LocalStack
-from tests.conftest import SIM_ENV, WORKER_ENV, jobs
+from tests.conftest import WORKER_ENV, jobs
 from workers import account, config, keys
 from workers.jobs import Followed
 from workers.names import BatchState, State, TaskName
@@ -40,17 +38,9 @@ class NoRetry:
         raise AssertionError("the simulator refused a create")
 
 
-@pytest.fixture(scope="module")
-def simulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    stack = LocalStack(tmp_path_factory.mktemp("followed"))
-    try:
-        yield stack.start_simulator({**SIM_ENV, "WANQ_SIM_LATENCY": "60"})
-    finally:
-        stack.stop()
-
-
 def runtime(redis_url: str, simulator: str, **env: str) -> Runtime:
     variables = {**WORKER_ENV, "WANQ_REDIS_URL": redis_url, "WANQ_PROVIDER_URL": simulator}
+    variables["WANQ_POLL_BATCH"] = "0"  # a message per poll: what carries the hint here
     return Runtime(config.load({**variables, **env}), Recorder())
 
 

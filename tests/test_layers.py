@@ -17,7 +17,8 @@ LAYERS = {
     1: "names errors keys config connection schedule pricing http jobs destination",
     2: "scripts store registries images retention provider netguard webhooks archive account "
     "pacing logs transport messages sender",
-    3: "finalize deliveries delivery_threads sweeper batches latency abandoned handover metrics",
+    3: "finalize deliveries delivery_threads sweeper batches latency abandoned handover metrics "
+    "pump",
     4: "celeryconf event_batches processes runtime tasks worker",
     5: "app",
 }

@@ -1,6 +1,7 @@
 """A step that schedules a poll (workers.tasks._step_and_poll) leaves the job with exactly
-one poll for the seq the step gave it: pushed by the step's script when the sender can
-render it, sent after the step when it cannot, and none at all for a stale step."""
+one poll for the seq the step gave it: left to the poll pump (the default), or, with
+``WANQ_POLL_BATCH=0``, pushed by the step's script when the sender can render it, sent after
+the step when it cannot; and none at all for a stale step."""
 
 from __future__ import annotations
 
@@ -34,7 +35,26 @@ class Recorder:
 
 @pytest.fixture
 def settings(redis_url):
+    return config.load({"WANQ_REDIS_URL": redis_url, "WANQ_POLL_BATCH": "0"})
+
+
+@pytest.fixture
+def pumped(redis_url):
     return config.load({"WANQ_REDIS_URL": redis_url})
+
+
+def test_the_step_leaves_the_poll_to_the_pump_at_its_due_time(pumped):
+    recorder = Recorder()
+    rt = Runtime(pumped, recorder)
+    job_id = _queued_job(rt)
+
+    moved = _step_and_poll(rt, job_id, 0, State.QUEUED, 7.5, FOLLOWED, due=1234.5)
+
+    assert moved.applied and moved.seq == 1 and recorder.sent == []
+    assert rt.store.redis.llen(keys.POLL_QUEUE) == 0
+    assert rt.store.redis.zscore(keys.POLLS, job_id) == 1234.5
+    stale = _step_and_poll(rt, job_id, 0, State.QUEUED, 7.5, FOLLOWED, due=99.0)
+    assert not stale.applied and rt.store.redis.zscore(keys.POLLS, job_id) == 1234.5
 
 
 def _queued_job(rt: Runtime) -> str:

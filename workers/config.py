@@ -82,6 +82,8 @@ class Settings:
     poll_max_interval: float = 0.0  # 0: derived, 0.25 x max_countdown (module docstring)
     poll_deadline: float = 1800.0  # seconds after creation before a job fails with 001021098
     poll_max_errors: int = 8  # consecutive failed status checks before 001021098
+    poll_batch: int = 8  # most polls one message carries (workers.pump); 0: a message per poll
+    poll_tick: float = 0.05  # seconds between the poll pump's reads of the polls due
     # broker safety (see module docstring)
     visibility_timeout: float = 0.0  # 0: derived, 3 x max_countdown (module docstring)
     max_countdown: float = 300.0
@@ -202,6 +204,8 @@ CHECKS: dict[str, Check] = {
     "poll_max_interval": _bound(0, strict=True),
     "poll_deadline": _bound(0, strict=True),
     "poll_max_errors": _bound(1, kind="an integer"),
+    "poll_batch": _bound(0, kind="an integer", note="0: one countdown message per poll"),
+    "poll_tick": _bound(0, strict=True),
     "visibility_timeout": _bound(0, strict=True),
     "max_countdown": _bound(1),
     "concurrency": _bound(1, kind="an integer", note="threads per worker"),
@@ -255,6 +259,10 @@ DOCS: dict[str, str] = {
     "poll_deadline": "seconds after creation before a job fails with 001021098",
     "poll_max_errors": "consecutive failed status checks before 001021098 (001021096 if "
     "unreadable)",
+    "poll_batch": "most status polls one Celery message carries (polls due together share one); "
+    "0: one countdown message per poll",
+    "poll_tick": "seconds between the poll pump's reads of the polls due (a poll goes out within "
+    "half of it of its time)",
     "visibility_timeout": "kombu: unacknowledged messages older than this are redelivered; "
     "0: 3 x WANQ_MAX_COUNTDOWN",
     "max_countdown": "cap of every countdown; the one setting for long generations "

@@ -8,6 +8,8 @@ PREFIX = "wanq:"
 
 BATCHES = PREFIX + "batches"  # zset batch_id -> submitted at
 DUE = PREFIX + "due"  # zset job_id -> when its next step (poll, retry, create) is overdue
+# zset job_id -> when its next poll is due, for the poll pump (workers.pump) to send
+POLLS = PREFIX + "polls"
 QUEUED = PREFIX + "queued"  # zset job_id -> enqueued at, for jobs whose create never ran
 HELD = PREFIX + "held"  # zset job_id -> held at, jobs parked while the account is blocked
 INFLIGHT = PREFIX + "inflight"  # zset job_id -> claimed at: remote tasks being created or run
@@ -20,6 +22,7 @@ ACCOUNT = PREFIX + "account"  # hash: why creation is paused for the whole clust
 STATS = PREFIX + "stats"  # hash: cluster counters
 LATENCY = PREFIX + "stats:latency"  # list: recent generation-time brackets "lo hi", newest first
 SWEEPER_LEASE = PREFIX + "sweeper:lease"  # string: the worker that sweeps now
+POLL_PUMP_LEASE = PREFIX + "pump:lease"  # string: the worker process whose pump sends polls
 CREATE_PACE = PREFIX + "pace:create"  # string: GCRA theoretical arrival time of creations
 POLL_PACE = PREFIX + "pace:poll"  # string: the same for status polls
 PACE_RATE = PREFIX + "pace:rate"  # string: creations/s after 429s tightened the pace
@@ -106,6 +109,8 @@ def lua_constants() -> str:
         "K_ACCOUNT": ACCOUNT,
         "K_READY": READY,
         "K_DUE": DUE,
+        "K_POLLS": POLLS,
+        "K_POLL_PUMP_LEASE": POLL_PUMP_LEASE,
         "K_ABANDONED": ABANDONED,
         "K_UNACKED": UNACKED,
         "K_UNACKED_INDEX": UNACKED_INDEX,

@@ -91,6 +91,7 @@ class Purger:
                         keys.batch_ready(batch_id),
                         keys.DELIVER,
                         keys.ABANDONED,
+                        keys.POLLS,
                     ],
                     args=[SLICE, keys.job(""), keys.payload("")],
                 )

@@ -365,13 +365,15 @@ class JobStore:
         then: tuple[str, str] | None = None,
         ack: Delivery | None = None,
         poll: bool = False,
+        pump: bool = False,
     ) -> Step:
         """``then``: a (queue, message) pushed in the same script if the step applies, the
         next task of the job (workers.sender.Prepared): a step is never without its message.
         ``ack``: the task message the caller runs, acknowledged by the same script whether
         the step applies or is stale. ``poll``: the step of a poll that called the provider
         without reading the job first; the script reads for it what that read would have
-        told (a cancelled batch refuses the step, unacknowledged; a blocked account)."""
+        told (a cancelled batch refuses the step, unacknowledged; a blocked account).
+        ``pump``: the job's next poll is left to the poll pump (workers.pump), due at ``due``."""
         batch_id = keys.batch_of(job_id)
         flat: list[Any] = []
         for name, value in (fields or {}).items():
@@ -391,6 +393,7 @@ class JobStore:
                 message,
                 ack.tag if ack else "",
                 "1" if poll else "",
+                "1" if pump else "",
                 *flat,
             ],
         )

@@ -36,6 +36,7 @@ from workers.store import Delivery, Step, View
 log = logging.getLogger("wanq.tasks")
 
 CLAIMABLE = (State.QUEUED, State.WAITING, State.CREATING)
+PASS_ON_AFTER = 0.5  # seconds a wanq.polls task polls before it sends the rest on
 
 
 class Retrying(Protocol):
@@ -82,6 +83,10 @@ def register(app: Celery, rt: Runtime) -> None:
         if handover.creates:
             logs.bind_job(job_id)  # Celery's "succeeded" line is this poll's
         return outcome
+
+    @app.task(name=TaskName.POLLS)
+    def polls(*flat: Any) -> str:
+        return poll_batch(rt, flat)
 
     @app.task(name=TaskName.DELIVER)
     def deliver(target: str) -> str:
@@ -379,6 +384,40 @@ def poll_step(
     return _poll_again(rt, job_id, seq, followed, delay, fields, send=send, ack=ack, answered=True)
 
 
+def poll_batch(rt: Runtime, flat: tuple[Any, ...]) -> str:
+    """The polls of a ``wanq.polls`` message (``job_id, seq, known`` each, from the poll pump,
+    workers.pump), one after another, then the creates of the jobs given the slots they freed.
+
+    The message is acknowledged after the task, as kombu does: a poll whose step is in is
+    stale if it runs again. So is one whose step Redis refused for want of memory: the task
+    then fails with it, and the message comes back once Redis takes writes. A batch that has
+    taken ``PASS_ON_AFTER`` (a slow provider) sends the rest on as a new message, for another
+    thread, so no poll waits long behind others."""
+    handover = Handover(rt.send)
+    started = time.monotonic()
+    outcomes: dict[str, int] = {}
+    full: Exception | None = None  # Redis refused a write: the message runs again (transport)
+    for start in range(0, len(flat) - 2, 3):
+        if start and time.monotonic() - started > PASS_ON_AFTER:
+            rt.send(TaskName.POLLS, tuple(flat[start:]))
+            outcomes["passed on"] = (len(flat) - start) // 3
+            break
+        job_id, seq, known = flat[start : start + 3]
+        logs.bind_job(str(job_id))
+        try:
+            outcome = poll_step(rt, str(job_id), int(seq), known=str(known), send=handover)
+        except Exception as exc:  # one job's fault is not its neighbours': the sweeper resends it
+            log.exception("poll failed; the job's poll is sent again once overdue")
+            outcome, full = "error", (exc if transport.is_oom(exc) else full)
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    for admitted in handover.creates:
+        create_inline(rt, *admitted)
+    logs.unbind()
+    if full is not None:
+        raise full
+    return " ".join(f"{what}:{n}" for what, n in outcomes.items())
+
+
 def _checked(rt: Runtime, view: View, seq: int, send: Sender) -> str:
     """Why a poll that read its job stops before calling the provider ("stale", or
     "cancelled" once it ended the job), or "" to go on."""
@@ -485,7 +524,11 @@ def _step_and_poll(
     """Move the job from ``state`` to running with its next poll due in ``delay``, the poll
     carrying ``followed`` (what the job holds once the step is in): the poll's message is
     pushed by the step's own script when the sender can render it (one round trip fewer, and
-    no step without its poll if this worker dies), else sent once the step is in."""
+    no step without its poll if this worker dies), else sent once the step is in. With the
+    poll pump (``poll_batch``, workers.pump) the step leaves the poll to it instead: the
+    pump reads what the poll carries from the job when it is due."""
+    if rt.settings.poll_batch:
+        return rt.store.step(job_id, seq, (state,), State.RUNNING, pump=True, **step)
     known = followed.text()
     poll = (job_id, seq + 1, known)  # the seq the step gives the job
     prepared = rt.prepare(TaskName.POLL, poll, countdown=delay) if rt.prepare else None

@@ -14,7 +14,7 @@ from typing import Any
 
 from celery import Celery, bootsteps, signals
 
-from workers import keys, logs, sweeper, tasks
+from workers import keys, logs, pump, sweeper, tasks
 from workers.celeryconf import sending_app
 from workers.config import Settings
 from workers.event_batches import EventBatches
@@ -38,6 +38,8 @@ def make_app(settings: Settings) -> Celery:
     app.wanq_runtime = runtime  # type: ignore[attr-defined]  # read by the sweeper step
     tasks.register(app, runtime)
     app.steps["worker"].add(SweeperStep)
+    if settings.poll_batch:
+        app.steps["worker"].add(PumpStep)
     app.steps["consumer"].add(EventBatches)  # task events published 0.1 s at a time
 
     def setup_logging(loglevel: str | int | None = None, **_: object) -> None:
@@ -82,6 +84,26 @@ class SweeperStep(bootsteps.StartStopStep):
                     sweeper.sweep(rt.store, rt.settings, rt.send, rt.provider)
             except Exception:  # a sweep must never take the worker down
                 log.exception("sweep failed; retrying next interval")
+
+
+class PumpStep(bootsteps.StartStopStep):
+    """Runs the poll pump (workers.pump) in every worker process; a Redis lease lets one of
+    them pump at a time, and another take over within ``pump.LEASE_TTL`` when it dies."""
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self._stop = threading.Event()
+        self._runtime = runtime_of(parent.app)
+
+    def start(self, parent: Any) -> None:
+        rt = self._runtime
+        polls = pump.Pump(rt.store.redis, rt.settings, rt.send, rt.prepare)  # touches no Redis
+        holder = f"{socket.gethostname()}:{os.getpid()}"
+        args = (polls, rt.store.take_lease, holder, self._stop)
+        threading.Thread(target=pump.run, args=args, name="wanq-pump", daemon=True).start()
+
+    def stop(self, parent: Any) -> None:
+        self._stop.set()
 
 
 __all__ = ["TaskName", "make_app", "runtime_of"]

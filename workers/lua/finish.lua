@@ -83,6 +83,7 @@ if error_code ~= '' then
   redis.call('HINCRBY', codes_key, error_code, 1)
 end
 redis.call('ZREM', due_key, job_id)
+redis.call('ZREM', K_POLLS, job_id)
 redis.call('ZREM', queued_key, job_id)
 redis.call('ZREM', held_key, job_id)
 redis.call('ZREM', parked_key, job_id)

@@ -24,6 +24,7 @@ if state ~= S_WAITING then
   redis.call('HINCRBY', batch_key, 'n:' .. S_WAITING, 1)
 end
 redis.call('ZREM', due_key, job_id)
+redis.call('ZREM', K_POLLS, job_id)
 redis.call('ZREM', queued_key, job_id)
 if reason == H_SLOT then
   local where = redis.call('HMGET', job_key, 'batch', 'line')

@@ -7,6 +7,7 @@
 -- KEYS[1] the batch's job list   KEYS[2] due zset   KEYS[3] queued zset   KEYS[4] held zset
 -- KEYS[5] in-flight zset   KEYS[6] the batch's ready zset (waiting for a slot)
 -- KEYS[7] deliveries zset   KEYS[8] abandoned zset (remote tasks followed for their cost)
+-- KEYS[9] the poll pump's zset
 -- ARGV[1] jobs per call   ARGV[2] job key prefix   ARGV[3] payload key prefix
 -- Returns how many jobs remain in the list.
 local batch_jobs, count, job_prefix, payload_prefix = KEYS[1], tonumber(ARGV[1]), ARGV[2], ARGV[3]

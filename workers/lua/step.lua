@@ -15,15 +15,18 @@
 --         is cancelled, then {0, seq, state, 1} and the message is not acknowledged (the
 --         caller ends the job, its task acks after); an applied step's answer says whether
 --         the account is blocked (a status call that went through may lift that)
--- ARGV[11..] field, value pairs to set
+-- ARGV[11] '1': the job's next poll goes to the poll pump's set (K_POLLS, at the due time)
+--         instead of a message: the pump sends the polls due together, several to a message
+--         (workers.pump)
+-- ARGV[12..] field, value pairs to set
 -- Returns {1, new seq, previous state, 0, account blocked (0 or 1)} on success,
 -- {0, current seq, current state} otherwise.
 local job_key, batch_key, due_key, queued_key, task_queue = KEYS[1], KEYS[2], KEYS[3], KEYS[4],
   KEYS[5]
 local job_id, expected_seq, allowed, new_state = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local seq_increment, due_at, increments, message = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-local delivery_tag, poll_guard = ARGV[9], ARGV[10] == '1'
-local FIRST_FIELD = 11
+local delivery_tag, poll_guard, pumped = ARGV[9], ARGV[10] == '1', ARGV[11] == '1'
+local FIRST_FIELD = 12
 
 local cur = redis.call('HMGET', job_key, 'state', 'seq')
 local state, seq = cur[1], cur[2]
@@ -55,8 +58,12 @@ if state == S_QUEUED then
 end
 if due_at == '' then
   redis.call('ZREM', due_key, job_id)
+  redis.call('ZREM', K_POLLS, job_id)
 else
   redis.call('ZADD', due_key, due_at, job_id)
+  if pumped then
+    redis.call('ZADD', K_POLLS, due_at, job_id)
+  end
 end
 if message ~= '' then
   redis.call('LPUSH', task_queue, message)
