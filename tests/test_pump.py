@@ -15,7 +15,7 @@ import requests
 
 from tests.conftest import WORKER_ENV, jobs
 from tests.test_followed import NoRetry, Recorder
-from workers import config, keys, pump
+from workers import config, keys, pump, tasks
 from workers.jobs import Followed
 from workers.names import State, TaskName
 from workers.runtime import Runtime
@@ -127,6 +127,16 @@ def test_a_batch_runs_each_poll_and_leaves_each_next_poll_to_the_pump(rt, simula
     assert rt.send.sent == []
 
 
+def test_a_slow_batch_sends_the_rest_on_one_poll_message_each(rt, simulator, monkeypatch):
+    created(rt, simulator, n=3)
+    polls = pump.Pump(rt.store.redis, rt.settings, rt.send, sender(rt).prepare)
+    polls.pump(now=9e9)
+    (args,) = queued_args(rt)
+    monkeypatch.setattr(tasks, "PASS_ON_AFTER", 0.0)  # as if the first call took long
+    assert poll_batch(rt, args) == "polling:1 passed on:2"
+    assert rt.send.sent == [(TaskName.POLL, args[3:6]), (TaskName.POLL, args[6:9])]
+
+
 def test_a_finished_generation_ends_its_job_from_a_batch(rt, simulator):
     ids = created(rt, simulator, n=2, latency=0.01)
     for job_id in ids:
@@ -164,7 +174,7 @@ def test_the_pump_loop_hands_off_while_it_holds_the_lease_and_only_then(rt, simu
         stop.set()
         loop.join(5)
     assert not loop.is_alive()
-    assert rt.store.redis.get(keys.POLL_PUMP_LEASE) == "me"
+    assert wait_until(lambda: rt.store.redis.get(keys.POLL_PUMP_LEASE) is None, 1)  # let go
     assert [len(args) for args in queued_args(rt)] == [6]
 
 

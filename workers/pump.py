@@ -23,10 +23,12 @@ timeout. Hence this small loop.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,7 +106,9 @@ def _due(entry: list[Any]) -> Due:
     return Due(job_id, score, (job_id, int(seq or 0), known))
 
 
-def run(pump: Pump, take_lease: Any, holder: str, stop: threading.Event) -> None:
+def run(
+    pump: Pump, take_lease: Callable[[str, str, float], bool], holder: str, stop: threading.Event
+) -> None:
     """The pump's loop in one worker process: pump every tick while it holds the lease."""
     tick = pump.settings.poll_tick
     holding, renew_at = False, 0.0
@@ -112,7 +116,7 @@ def run(pump: Pump, take_lease: Any, holder: str, stop: threading.Event) -> None
         started = time.monotonic()
         try:
             if started >= renew_at:
-                holding = bool(take_lease(keys.POLL_PUMP_LEASE, holder, LEASE_TTL))
+                holding = take_lease(keys.POLL_PUMP_LEASE, holder, LEASE_TTL)
                 renew_at = started + RENEW_EVERY
             if holding:
                 pump.pump(time.time())
@@ -121,3 +125,6 @@ def run(pump: Pump, take_lease: Any, holder: str, stop: threading.Event) -> None
             holding, renew_at = False, started + RENEW_EVERY
         wait = tick if holding else max(0.0, renew_at - time.monotonic())
         stop.wait(max(0.0, wait - (time.monotonic() - started)) if holding else wait)
+    if holding:  # a warm shutdown: the lease ends now (renewed for 1 ms), not in LEASE_TTL
+        with contextlib.suppress(Exception):
+            take_lease(keys.POLL_PUMP_LEASE, holder, 0.001)

@@ -36,7 +36,7 @@ from workers.store import Delivery, Step, View
 log = logging.getLogger("wanq.tasks")
 
 CLAIMABLE = (State.QUEUED, State.WAITING, State.CREATING)
-PASS_ON_AFTER = 0.5  # seconds a wanq.polls task polls before it sends the rest on
+PASS_ON_AFTER = 0.5  # seconds a wanq.polls task polls before it sends the rest on, one each
 
 
 class Retrying(Protocol):
@@ -391,16 +391,19 @@ def poll_batch(rt: Runtime, flat: tuple[Any, ...]) -> str:
     The message is acknowledged after the task, as kombu does: a poll whose step is in is
     stale if it runs again. So is one whose step Redis refused for want of memory: the task
     then fails with it, and the message comes back once Redis takes writes. A batch that has
-    taken ``PASS_ON_AFTER`` (a slow provider) sends the rest on as a new message, for another
-    thread, so no poll waits long behind others."""
+    taken ``PASS_ON_AFTER`` (a slow provider) sends each of the rest on as a poll message of
+    its own (``wanq.poll`` with the same hint), for the threads that are free, so no poll
+    waits long behind others."""
     handover = Handover(rt.send)
     started = time.monotonic()
     outcomes: dict[str, int] = {}
     full: Exception | None = None  # Redis refused a write: the message runs again (transport)
     for start in range(0, len(flat) - 2, 3):
         if start and time.monotonic() - started > PASS_ON_AFTER:
-            rt.send(TaskName.POLLS, tuple(flat[start:]))
-            outcomes["passed on"] = (len(flat) - start) // 3
+            rest = range(start, len(flat) - 2, 3)
+            for first in rest:  # one message each, for as many threads as are free
+                rt.send(TaskName.POLL, tuple(flat[first : first + 3]))
+            outcomes["passed on"] = len(rest)
             break
         job_id, seq, known = flat[start : start + 3]
         logs.bind_job(str(job_id))
