@@ -78,7 +78,7 @@ def test_flower_shows_workers_queues_and_a_batchs_tasks(make_cluster):
         return mine if len(creates) >= 12 else []
 
     tasks = wait_for(batch_tasks, "the batch's tasks in flower", 30)
-    assert {t["name"] for t in tasks} >= {"wanq.create", "wanq.polls"}  # polls due together
+    assert {t["name"] for t in tasks} >= {"wanq.create", "wanq.poll"}
     everything = requests.get(flower + "/api/tasks", auth=auth, timeout=10).text
     everything += requests.get(flower + "/api/workers", auth=auth, timeout=10).text
     for task in tasks:  # (job_id, seq), (job_id,) or ("batch:<id>",): IDs only

@@ -48,11 +48,11 @@ def created(rt: Runtime, simulator: str, n: int = 1, latency: float = 60) -> lis
 
 
 def queued_args(rt: Runtime) -> list[tuple]:
-    """The wanq.polls messages on the poll queue, oldest first: their arguments."""
+    """The poll messages on the poll queue, oldest first: their arguments."""
     found = []
     for raw in reversed(rt.store.redis.lrange(keys.POLL_QUEUE, 0, -1)):
         message = json.loads(raw)
-        assert message["headers"]["task"] == TaskName.POLLS
+        assert message["headers"]["task"] == TaskName.POLL
         args, _, _ = json.loads(base64.b64decode(message["body"]))
         found.append(tuple(args))
     return found

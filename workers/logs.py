@@ -79,7 +79,10 @@ def _received(record: logging.LogRecord) -> dict[str, str]:
     data = getattr(record, "data", None)
     if not isinstance(data, dict) or data.get("name") not in JOB_TASKS:
         return {}
-    found = _FIRST_ARG.match(str(data.get("args", "")))
+    args = str(data.get("args", ""))
+    if args.count(", '") > 1:  # a poll of several jobs (workers.pump) is about none of them
+        return {}
+    found = _FIRST_ARG.match(args)
     return job_fields(found.group(1)) if found else {}
 
 

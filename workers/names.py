@@ -76,7 +76,6 @@ def priority_name(weight: float) -> str:
 class TaskName(StrEnum):
     CREATE = "wanq.create"
     POLL = "wanq.poll"
-    POLLS = "wanq.polls"  # the polls due together, sent by the poll pump (workers.pump)
     DELIVER = "wanq.deliver"
 
 
@@ -90,7 +89,6 @@ class QueueName(StrEnum):
 ROUTES: dict[TaskName, QueueName] = {
     TaskName.CREATE: QueueName.CREATE,
     TaskName.POLL: QueueName.POLL,
-    TaskName.POLLS: QueueName.POLL,
     TaskName.DELIVER: QueueName.DELIVER,
 }
 JOB_TASKS = frozenset({TaskName.CREATE, TaskName.POLL})  # their first argument is a job ID

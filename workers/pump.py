@@ -6,8 +6,10 @@ bench-profile.md): more than the status call a poll makes. With one countdown me
 that was the largest part of wanq's CPU per job. So a step that schedules a job's next poll
 puts the job in a Redis zset at its due time (``keys.POLLS``, lua/step.lua) instead of pushing
 a message, and one worker process at a time (a Redis lease) reads the polls due every
-``poll_tick`` and hands them to the workers ``poll_batch`` to a ``wanq.polls`` message
-(``workers.tasks.poll_batch``). A poll goes out within half a tick of its time, early or late.
+``poll_tick`` and hands them to the workers ``poll_batch`` to a ``wanq.poll`` message (its
+arguments ``job_id, seq, known`` for each job; ``workers.tasks.poll_batch``). A poll goes out
+within half a tick of its time, early or late. A message of one poll is the poll task as
+steps sent it before, with its hint.
 
 Nothing is lost on the way:
 - the read (lua/pump.lua) removes nothing; the hand-off (lua/hand_off.lua) removes the entries
@@ -75,14 +77,14 @@ class Pump:
     def hand_off(self, polls: list[Due]) -> int:
         """One message for ``polls``; how many of them were still current."""
         args = tuple(itertools.chain.from_iterable(p.args for p in polls))
-        prepared = self.prepare(TaskName.POLLS, args) if self.prepare else None
+        prepared = self.prepare(TaskName.POLL, args) if self.prepare else None
         queue, message = prepared or ("", "")
         scores = itertools.chain.from_iterable((p.job_id, p.score) for p in polls)
         current = int(
             self._hand_off(keys=[keys.POLLS, queue or keys.POLL_QUEUE], args=[message, *scores])
         )
         if prepared is None and current:  # no template: sent after (the due set covers a loss)
-            self.send(TaskName.POLLS, args)
+            self.send(TaskName.POLL, args)
         return current
 
     def pump(self, now: float) -> int:

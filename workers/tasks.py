@@ -3,11 +3,12 @@
 
 ``register(app, runtime)`` binds them to an app; the bodies use only the runtime passed in
 (settings, store, provider, sender), never module globals. Create and poll take
-``(job_id, seq)`` (a poll sent by a step also what the step knows of the job, see
-``jobs.Followed``): the request lives in Redis (claim check), the API key in the worker's
-environment. A message whose seq no longer matches the job is stale (a duplicate,
+``(job_id, seq)`` (a poll sent by the poll pump or a step also what it knows of the job, see
+``jobs.Followed``, and a poll from the pump possibly more polls after it, ``job_id, seq,
+known`` each: workers.pump): the request lives in Redis (claim check), the API key in the
+worker's environment. A message whose seq no longer matches the job is stale (a duplicate,
 a redelivery, a rescued job's late original) and does nothing. No task ever sleeps: every wait
-is a countdown on a new message.
+is a poll waiting in Redis for the pump, or a countdown on a new message.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from workers.store import Delivery, Step, View
 log = logging.getLogger("wanq.tasks")
 
 CLAIMABLE = (State.QUEUED, State.WAITING, State.CREATING)
-PASS_ON_AFTER = 0.5  # seconds a wanq.polls task polls before it sends the rest on, one each
+PASS_ON_AFTER = 0.5  # seconds a poll task of several polls before it sends the rest on, one each
 
 
 class Retrying(Protocol):
@@ -57,7 +58,9 @@ def _bind_job(task: object = None, args: tuple = (), **_: object) -> None:
     "succeeded" line too: it comes after postrun, so the next task's prerun unbinds."""
     name = getattr(task, "name", "")
     target = str(args[0]) if args else ""
-    if name in JOB_TASKS or (name == TaskName.DELIVER and target_batch(target) is None):
+    several = name == TaskName.POLL and len(args) > 3  # workers.pump: poll_batch binds each
+    of_a_job = name == TaskName.DELIVER and target_batch(target) is None
+    if (name in JOB_TASKS and not several) or of_a_job:
         logs.bind_job(target)
     else:
         logs.unbind()
@@ -72,7 +75,11 @@ def register(app: Celery, rt: Runtime) -> None:
             return create_step(rt, self, job_id, seq, probe=probe, paced=paced, ack=message)
 
     @app.task(name=TaskName.POLL, bind=True)
-    def poll(self: Task, job_id: str, seq: int, known: str = "", paced: bool = False) -> str:
+    def poll(
+        self: Task, job_id: str, seq: int, known: str = "", *more: Any, paced: bool = False
+    ) -> str:
+        if more:  # the polls due together: (job_id, seq, known) each, from the poll pump
+            return poll_batch(rt, (job_id, seq, known, *more))
         handover = Handover(rt.send)
         with _message(self) as message:
             outcome = poll_step(
@@ -83,10 +90,6 @@ def register(app: Celery, rt: Runtime) -> None:
         if handover.creates:
             logs.bind_job(job_id)  # Celery's "succeeded" line is this poll's
         return outcome
-
-    @app.task(name=TaskName.POLLS)
-    def polls(*flat: Any) -> str:
-        return poll_batch(rt, flat)
 
     @app.task(name=TaskName.DELIVER)
     def deliver(target: str) -> str:
@@ -385,8 +388,9 @@ def poll_step(
 
 
 def poll_batch(rt: Runtime, flat: tuple[Any, ...]) -> str:
-    """The polls of a ``wanq.polls`` message (``job_id, seq, known`` each, from the poll pump,
-    workers.pump), one after another, then the creates of the jobs given the slots they freed.
+    """The polls of a ``wanq.poll`` message that carries several (``job_id, seq, known`` each,
+    from the poll pump, workers.pump), one after another, then the creates of the jobs given
+    the slots they freed (a message of one poll is a poll with its hint: its step acks it).
 
     The message is acknowledged after the task, as kombu does: a poll whose step is in is
     stale if it runs again. So is one whose step Redis refused for want of memory: the task
