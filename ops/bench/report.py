@@ -358,10 +358,10 @@ def _cost(res: Results) -> list[Figure]:
             "Redis memory per job in flight, payload excluded",
             held.redis_bytes_per_job,
             "bytes",
-            ("<", 4096, "wanq's own: a queued job's 2 KB plus its held message"),
-            "the countdown poll message each job has pending, kept in kombu's unacked hash "
-            "and index while the worker holds it, plus the job hash (now with a remote ID and "
-            "timestamps) and its due and in-flight zset entries",
+            ("<", 4096, "wanq's own: a queued job's 2 KB plus its pending poll"),
+            "the job hash (now with a remote ID and timestamps), its due and in-flight zset "
+            "entries and its pending poll: an entry in the poll pump's zset (workers/pump.py; "
+            "with WANQ_POLL_BATCH=0 a countdown message in kombu's unacked hash and index)",
             f"with {held.reached:,} of {held.jobs:,} jobs running",
         ),
         figure(
@@ -374,7 +374,8 @@ def _cost(res: Results) -> list[Figure]:
                 1000 / res.params.limit,
                 f"wanq's own: one core carries the run's C/L = {res.params.limit:.0f} jobs/s",
             ),
-            f"Celery's cost per task: {main.tasks_per_job:.1f} tasks per job ({tasks}), each "
+            f"Celery's cost per task: {main.tasks_per_job:.2f} tasks per job ({tasks}; the polls "
+            "due together share a message: workers/pump.py), each "
             "a broker fetch and ack with task events on (received, started, succeeded: "
             "worker_send_task_events; workers send no task-sent events) and INFO log lines, "
             "besides the Lua scripts and HTTP (docs/bench-profile.md)",
@@ -392,7 +393,8 @@ def _cost(res: Results) -> list[Figure]:
             "MB",
             f"all {held.jobs:,} in flight on 1 process, polls on time",
             held.reached >= held.jobs and held.overdue_steps == 0,
-            "the memory: the countdown messages the worker holds (one per job) and its heap; "
+            "the memory: the worker's heap (a pending poll waits in Redis, not in the worker: "
+            "workers/pump.py); "
             f"the count: with the defaults (countdowns up to 300 s, polls at most {POLL_CAP:g} s "
             f"apart: about {needed:.0f} polls/s once due) one process starts and follows "
             "them; with the old 30 s countdown cap each held job would wake the worker every "
