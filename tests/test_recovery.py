@@ -3,7 +3,9 @@ entry, whatever happens to the workers and the messages."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import time
 from collections import Counter
@@ -30,23 +32,44 @@ def assert_exactly_once(cluster, batch_id: str, n: int) -> list[dict]:
     return records
 
 
+def pump_holder(cluster) -> tuple[str, object | None]:
+    """The poll pump's lease holder ("host:pid") and the started worker whose processes it is
+    one of (workers.pump), if any."""
+    holder = cluster.redis.get(keys.POLL_PUMP_LEASE) or b""
+    holder = holder.decode() if isinstance(holder, bytes) else holder
+    pid = holder.rpartition(":")[2]
+    for worker in cluster.workers:
+        with contextlib.suppress(ValueError, ProcessLookupError):
+            if os.getpgid(int(pid)) == worker.popen.pid:
+                return holder, worker
+    return holder, None
+
+
 def test_sigkilled_worker_jobs_resume_on_the_others(make_cluster):
-    """A SIGKILLed worker's prefetched creates and held countdown polls come back (kombu's
-    visibility timeout, the sweeper under its lease) on the surviving workers, in < 2 min."""
+    """A SIGKILLed worker's prefetched creates and polls come back (kombu's visibility
+    timeout, the sweeper under its lease, the poll pump's lease) on the surviving workers, in
+    < 2 min. The victim is the worker that runs the poll pump, when it can be told."""
     cluster = make_cluster(workers=3, sim_env={"WANQ_SIM_LATENCY": "4"}, worker_env=QUICK_RECOVERY)
     report = cluster.submit(jobs(300))
     client = cluster.client()
     wait_for(lambda: client.status(report.batch_id).ended >= 60, "a fifth of the batch", 120)
-    in_flight = cluster.redis.hlen("unacked")
-    victim = cluster.workers[0]
+    unacked = cluster.redis.hlen("unacked")
+    waiting = cluster.redis.zcard(keys.POLLS)  # polls not yet due wait in Redis, not in workers
+    holder, pumping = pump_holder(cluster)
+    victim = pumping or cluster.workers[0]
     victim.kill()
     killed_at = time.monotonic()
 
     final = cluster.wait(report.batch_id, timeout=120)  # the bound the design promises
     recovery = time.monotonic() - killed_at
-    print(f"killed with {in_flight} unacked messages; batch done {recovery:.1f} s later")
+    print(
+        f"killed {'the pump' if pumping else 'a worker'} with {unacked} unacked messages and "
+        f"{waiting} polls waiting; batch done {recovery:.1f} s later"
+    )
     assert final.counts["succeeded"] == 300
-    assert in_flight > 0
+    assert unacked + waiting > 0, "the kill came while jobs were in flight"
+    assert pumping is not None, f"the pump runs in a started worker ({holder!r})"
+    assert pump_holder(cluster)[0] not in ("", holder), "another worker took the pump over"
     records = assert_exactly_once(cluster, report.batch_id, 300)
     assert all(r["outputs"] and r["usage"] for r in records)
 
