@@ -186,3 +186,11 @@ def wait_until(done, seconds: float) -> bool:
             return True
         tick.wait(0.05)
     return bool(done())
+
+
+def test_a_job_whose_fields_do_not_read_is_polled_without_a_hint(rt, simulator):
+    (job_id,) = created(rt, simulator)
+    rt.store.redis.hset(keys.job(job_id), "created_at", "not a time")
+    polls = pump.Pump(rt.store.redis, rt.settings, rt.send, sender(rt).prepare)
+    (due,) = polls.due(9e9)
+    assert due.args[2] == ""  # the poll reads the job first (tasks.poll_step)

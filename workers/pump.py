@@ -38,6 +38,7 @@ import redis
 
 from workers import keys
 from workers.config import Settings
+from workers.jobs import Followed
 from workers.names import TaskName
 from workers.scripts import load_script
 from workers.sender import Preparer, Sender
@@ -103,8 +104,12 @@ def _due(entry: list[Any]) -> Due:
     job_id, score, seq, created_at, polls, poll_errors, first_poll_at, remote = (
         x.decode() if isinstance(x, bytes) else str(x) for x in entry
     )
-    polled = "1" if first_poll_at else "0"
-    known = f"{created_at}|{polls}|{poll_errors}|{polled}|{remote}"  # jobs.Followed.text
+    try:  # the hint's one spelling is Followed.text; unreadable fields: the poll reads the job
+        known = Followed(
+            remote, float(created_at), int(polls), int(poll_errors), bool(first_poll_at)
+        ).text()
+    except ValueError:
+        known = ""
     return Due(job_id, score, (job_id, int(seq or 0), known))
 
 
@@ -125,8 +130,8 @@ def run(
         except Exception:  # Redis down or full: try again; the due set covers what waits
             log.exception("poll pump failed; retrying")
             holding, renew_at = False, started + RENEW_EVERY
-        wait = tick if holding else max(0.0, renew_at - time.monotonic())
-        stop.wait(max(0.0, wait - (time.monotonic() - started)) if holding else wait)
+        next_turn = started + tick if holding else renew_at
+        stop.wait(max(0.0, next_turn - time.monotonic()))
     if holding:  # a warm shutdown: the lease ends now (renewed for 1 ms), not in LEASE_TTL
         with contextlib.suppress(Exception):
             take_lease(keys.POLL_PUMP_LEASE, holder, 0.001)

@@ -56,54 +56,50 @@ def runtime_of(app: Celery) -> Runtime:
     return runtime
 
 
-class SweeperStep(bootsteps.StartStopStep):
-    """Runs the sweeper in every worker; a Redis lease lets one of them sweep at a time."""
+class _LeasedLoopStep(bootsteps.StartStopStep):
+    """A thread in every worker process that works only while this process holds a Redis
+    lease (named ``holder``): the sweeper's and the poll pump's."""
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
         self._stop = threading.Event()
         self._runtime = runtime_of(parent.app)
+        self.holder = f"{socket.gethostname()}:{os.getpid()}"
+
+    def stop(self, parent: Any) -> None:
+        self._stop.set()
+
+
+class SweeperStep(_LeasedLoopStep):
+    """Runs the sweeper in every worker; a Redis lease lets one of them sweep at a time."""
 
     def start(self, parent: Any) -> None:
         try:
             self._runtime.store.publish_cluster_settings()
         except Exception:  # Redis down at start: the sweeper's loop retries below
             log.exception("could not publish the cluster settings")
-        holder = f"{socket.gethostname()}:{os.getpid()}"
-        threading.Thread(target=self._run, args=(holder,), name="wanq-sweeper", daemon=True).start()
+        threading.Thread(target=self._run, name="wanq-sweeper", daemon=True).start()
 
-    def stop(self, parent: Any) -> None:
-        self._stop.set()
-
-    def _run(self, holder: str) -> None:
+    def _run(self) -> None:
         rt = self._runtime
         while not self._stop.wait(rt.settings.sweep_interval):
             try:
                 rt.store.publish_cluster_settings()
-                if rt.store.take_lease(keys.SWEEPER_LEASE, holder, rt.settings.lease_ttl):
+                if rt.store.take_lease(keys.SWEEPER_LEASE, self.holder, rt.settings.lease_ttl):
                     sweeper.sweep(rt.store, rt.settings, rt.send, rt.provider)
             except Exception:  # a sweep must never take the worker down
                 log.exception("sweep failed; retrying next interval")
 
 
-class PumpStep(bootsteps.StartStopStep):
+class PumpStep(_LeasedLoopStep):
     """Runs the poll pump (workers.pump) in every worker process; a Redis lease lets one of
     them pump at a time, and another take over within ``pump.LEASE_TTL`` when it dies."""
-
-    def __init__(self, parent: Any, **kwargs: Any) -> None:
-        super().__init__(parent, **kwargs)
-        self._stop = threading.Event()
-        self._runtime = runtime_of(parent.app)
 
     def start(self, parent: Any) -> None:
         rt = self._runtime
         polls = pump.Pump(rt.store.redis, rt.settings, rt.send, rt.prepare)  # touches no Redis
-        holder = f"{socket.gethostname()}:{os.getpid()}"
-        args = (polls, rt.store.take_lease, holder, self._stop)
+        args = (polls, rt.store.take_lease, self.holder, self._stop)
         threading.Thread(target=pump.run, args=args, name="wanq-pump", daemon=True).start()
-
-    def stop(self, parent: Any) -> None:
-        self._stop.set()
 
 
 __all__ = ["TaskName", "make_app", "runtime_of"]
