@@ -34,6 +34,7 @@ from workers import errors, keys
 from workers.config import Settings
 from workers.errors import ValidationError
 from workers.images import ImageStore
+from workers.pricing import worst_case_images
 from workers.retention import Purger
 from workers.store import JobStore
 
@@ -42,7 +43,7 @@ CHUNK = 500
 
 Source = str | Path | IO[bytes]
 T = TypeVar("T")
-Job = tuple[str, str, int, str]  # custom_id, request JSON, line number, image keys
+Job = tuple[str, str, int, str, int]  # custom_id, request JSON, line, image keys, worst case
 
 
 @dataclass
@@ -155,7 +156,8 @@ def _jobs(
             continue
         report.valid += 1
         held = inline.externalize(line.body or {})
-        yield (str(line.custom_id), json.dumps(line.body), line.line, ",".join(held))
+        worst = worst_case_images(line.body or {})  # stored: the claim reserves without a read
+        yield (str(line.custom_id), json.dumps(line.body), line.line, ",".join(held), worst)
 
 
 def _chunks(items: Iterable[T]) -> Iterator[list[T]]:

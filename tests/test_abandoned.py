@@ -33,7 +33,7 @@ def running(store: JobStore, job_id: str = "b:j", task: str = "sim-1") -> int:
     batch_id, custom_id = job_id.split(":")
     store.open_batch(batch_id, {"state": "active"})
     store.enqueue_many(batch_id, [(custom_id, REQUEST, 1)])
-    claim = store.claim(job_id, store.job_seq(job_id), 60.0, 2)
+    claim = store.claim_and_view(job_id, store.job_seq(job_id), 60.0, 2)[0]
     assert claim.applied
     step = store.step(
         job_id, claim.seq, (State.CREATING,), State.RUNNING, fields={"remote_task_id": task}

@@ -19,7 +19,7 @@ LAYERS = {
     "pacing logs transport messages sender",
     3: "finalize deliveries delivery_threads sweeper batches latency abandoned handover metrics "
     "pump",
-    4: "celeryconf event_batches processes runtime tasks worker",
+    4: "celeryconf event_batches processes runtime polling creating tasks worker",
     5: "app",
 }
 LAYER = {f"workers.{m}": n for n, names in LAYERS.items() for m in names.split()}

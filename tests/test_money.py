@@ -46,11 +46,11 @@ def test_a_lost_create_is_counted_even_when_its_batch_no_longer_lets_it_go_on(re
     store = JobStore.from_url(redis_url)
     store.open_batch("b", {"state": "active"})
     store.enqueue_many("b", [("j", REQUEST, 1)])
-    claim = store.claim("b:j", 0, 0.0, 1)  # window 0: the claim is at once "old"
+    claim = store.claim_and_view("b:j", 0, 0.0, 1)[0]  # window 0: the claim is at once "old"
     assert claim.applied
     store.set_control("b", "paused")  # then its worker died mid-create, and the batch paused
-    refused = store.claim("b:j", claim.seq, 0.0, 1)
-    again = store.claim("b:j", claim.seq, 0.0, 1)
+    refused = store.claim_and_view("b:j", claim.seq, 0.0, 1)[0]
+    again = store.claim_and_view("b:j", claim.seq, 0.0, 1)[0]
     assert (refused.applied, refused.previous, again.previous) == (False, "paused", "paused")
     assert store.stats()["create_window_losses"] == "1", "counted once, though refused twice"
     batch = store.batch("b")
@@ -61,9 +61,9 @@ def test_a_busy_create_is_judged_by_the_redis_clock(redis_url):
     store = JobStore.from_url(redis_url)
     store.open_batch("b", {"state": "active"})
     store.enqueue_many("b", [("j", REQUEST, 1)])
-    claim = store.claim("b:j", 0, 60.0, 1)
+    claim = store.claim_and_view("b:j", 0, 60.0, 1)[0]
     # a worker whose clock runs 60 s ahead sends the create again: its clock is not asked
-    assert store.claim("b:j", claim.seq, 60.0, 1).previous == "busy"
+    assert store.claim_and_view("b:j", claim.seq, 60.0, 1)[0].previous == "busy"
     assert "create_window_losses" not in store.stats()
 
 

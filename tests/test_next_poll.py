@@ -1,4 +1,4 @@
-"""A step that schedules a poll (workers.tasks._step_and_poll) leaves the job with exactly
+"""A step that schedules a poll (workers.polling.step_and_poll) leaves the job with exactly
 one poll for the seq the step gave it: left to the poll pump (the default), or, with
 ``WANQ_POLL_BATCH=0``, pushed by the step's script when the sender can render it, sent after
 the step when it cannot; and none at all for a stale step."""
@@ -15,9 +15,9 @@ from workers import config, keys
 from workers.app import app
 from workers.jobs import Followed
 from workers.names import State, TaskName
+from workers.polling import step_and_poll
 from workers.runtime import Runtime
 from workers.sender import CelerySender
-from workers.tasks import _step_and_poll
 
 REQUEST = {"model": "wan26_i2i", "input": {}}
 FOLLOWED = Followed("task-1", 1700000000.25, 2, 1, True)
@@ -48,12 +48,12 @@ def test_the_step_leaves_the_poll_to_the_pump_at_its_due_time(pumped):
     rt = Runtime(pumped, recorder)
     job_id = _queued_job(rt)
 
-    moved = _step_and_poll(rt, job_id, 0, State.QUEUED, 7.5, FOLLOWED, due=1234.5)
+    moved = step_and_poll(rt, job_id, 0, State.QUEUED, 7.5, FOLLOWED, due=1234.5)
 
     assert moved.applied and moved.seq == 1 and recorder.sent == []
     assert rt.store.redis.llen(keys.POLL_QUEUE) == 0
     assert rt.store.redis.zscore(keys.POLLS, job_id) == 1234.5
-    stale = _step_and_poll(rt, job_id, 0, State.QUEUED, 7.5, FOLLOWED, due=99.0)
+    stale = step_and_poll(rt, job_id, 0, State.QUEUED, 7.5, FOLLOWED, due=99.0)
     assert not stale.applied and rt.store.redis.zscore(keys.POLLS, job_id) == 1234.5
 
 
@@ -69,7 +69,7 @@ def test_the_step_pushes_a_poll_for_the_seq_it_gives(settings):
     rt.prepare = sender.prepare
     job_id = _queued_job(rt)
 
-    moved = _step_and_poll(rt, job_id, 0, State.QUEUED, 7.5, FOLLOWED, due=1.0)
+    moved = step_and_poll(rt, job_id, 0, State.QUEUED, 7.5, FOLLOWED, due=1.0)
 
     assert moved.applied and moved.seq == 1 and recorder.sent == []
     (raw,) = rt.store.redis.lrange(keys.POLL_QUEUE, 0, -1)
@@ -84,7 +84,7 @@ def test_without_a_renderer_the_poll_is_sent_after_the_step(settings):
     rt = Runtime(settings, recorder)  # no prepare: e.g. a worker app sending task-sent events
     job_id = _queued_job(rt)
 
-    moved = _step_and_poll(rt, job_id, 0, State.QUEUED, 7.5, FOLLOWED, due=1.0)
+    moved = step_and_poll(rt, job_id, 0, State.QUEUED, 7.5, FOLLOWED, due=1.0)
 
     assert moved.applied
     assert recorder.sent == [(TaskName.POLL, (job_id, 1, FOLLOWED.text()), 7.5)]
@@ -99,7 +99,7 @@ def test_a_stale_step_sends_no_poll(settings, renders):
         rt.prepare = CelerySender(app, lambda: rt.store.redis).prepare
     job_id = _queued_job(rt)
 
-    stale = _step_and_poll(rt, job_id, 3, State.QUEUED, 7.5, FOLLOWED, due=1.0)
+    stale = step_and_poll(rt, job_id, 3, State.QUEUED, 7.5, FOLLOWED, due=1.0)
 
     assert not stale.applied and recorder.sent == []
     assert rt.store.redis.llen(keys.POLL_QUEUE) == 0

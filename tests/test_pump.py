@@ -47,6 +47,19 @@ def created(rt: Runtime, simulator: str, n: int = 1, latency: float = 60) -> lis
     return ids
 
 
+def finished(rt: Runtime, simulator: str, ids: list[str]) -> None:
+    """Wait until the simulator says each job's remote task has ended."""
+    for job_id in ids:
+        task = rt.store.job(job_id)["remote_task_id"]
+        assert wait_until(
+            lambda t=task: (
+                requests.get(f"{simulator}/_sim/tasks/{t}", timeout=5).json()["completes_at"]
+                < time.time()
+            ),
+            5,
+        )
+
+
 def queued_args(rt: Runtime) -> list[tuple]:
     """The poll messages on the poll queue, oldest first: their arguments."""
     found = []
@@ -139,15 +152,7 @@ def test_a_slow_batch_sends_the_rest_on_one_poll_message_each(rt, simulator, mon
 
 def test_a_finished_generation_ends_its_job_from_a_batch(rt, simulator):
     ids = created(rt, simulator, n=2, latency=0.01)
-    for job_id in ids:
-        task = rt.store.job(job_id)["remote_task_id"]
-        assert wait_until(
-            lambda t=task: (
-                requests.get(f"{simulator}/_sim/tasks/{t}", timeout=5).json()["completes_at"]
-                < time.time()
-            ),
-            5,
-        )
+    finished(rt, simulator, ids)
     polls = pump.Pump(rt.store.redis, rt.settings, rt.send, sender(rt).prepare)
     polls.pump(now=9e9)
     (args,) = queued_args(rt)

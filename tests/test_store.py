@@ -42,7 +42,7 @@ def test_step_applies_only_where_the_caller_saw_the_job(store):
 
 
 def test_a_step_pushes_the_next_message_only_when_it_applies(store):
-    """The poll a step schedules goes in the step's own script (workers.tasks._step_and_poll):
+    """The poll a step schedules goes in the step's own script (workers.polling.step_and_poll):
     a stale step pushes nothing, an applied one its message, with its fields set after it."""
     store.enqueue("b", "j", REQUEST)
     then = (keys.POLL_QUEUE, '{"message": 1}')

@@ -1,4 +1,4 @@
-"""Task events sent in batches of a tenth of a second, not one publish per loop turn.
+"""Task events sent in batches of half a second, not one publish per loop turn.
 
 Celery's worker buffers its task events (received, started, succeeded) and publishes the
 buffer on the next turn of its event loop: at wanq's rates a turn holds one or two events,
@@ -19,7 +19,7 @@ from typing import Any
 
 from celery import bootsteps
 
-FLUSH_INTERVAL = 0.1  # seconds an event may wait for the events after it
+FLUSH_INTERVAL = 0.5  # seconds an event may wait for the events after it
 
 
 class EventBatches(bootsteps.StartStopStep):

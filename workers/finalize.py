@@ -1,9 +1,10 @@
 """The result callback: a job's outcome becomes its record and one stream entry, once.
 
-Whoever calls ``succeed`` or ``fail`` for a job, however many times (duplicate polls,
-redelivered messages, a rescued job and its late original), the Lua ``finish`` script lets
-exactly one of them through, and writes for it, in the same script, the job's histograms
-(workers.metrics) and its generation time (workers.latency).
+Whoever ends a job (``end`` of a ``status_ending`` or ``failure_ending``, ``fail``,
+``cancel``), however many times (duplicate polls, redelivered messages, a rescued job and its
+late original), the Lua ``finish`` script lets exactly one of them through, and writes for it,
+in the same script, the job's histograms (workers.metrics) and its generation time
+(workers.latency). ``end_many`` writes the ends of several jobs in one round trip.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from workers import keys, latency, logs, metrics
@@ -43,41 +45,8 @@ def public_record(job_id: str, job: dict[str, str]) -> dict[str, Any]:
 def cancel(store: JobStore, job_id: str, job: dict[str, str], send: Sender) -> Finish:
     """End a job as cancelled, whatever state it is in (the API has no remote cancel)."""
     failure = JobFailure(CANCELLED, "the batch was cancelled")
-    return _finish(store, send, job_id, None, job, State.CANCELLED, error=failure.as_record())
-
-
-def succeed_or_fail(
-    store: JobStore,
-    job_id: str,
-    seq: int,
-    job: dict[str, str],
-    status: Status,
-    extra: dict[str, Any] | None,
-    send: Sender,
-    ack: Delivery | None = None,
-) -> Finish:
-    """Record a finished remote task (completed or failed) and learn its generation time.
-
-    ``extra`` job fields go into the same atomic step (the poll that saw the end), and
-    ``ack``, the poll's message, is acknowledged by it.
-    """
-    if status.state == "completed":
-        won = _finish(
-            store,
-            send,
-            job_id,
-            seq,
-            job,
-            State.SUCCEEDED,
-            outputs=status.outputs,
-            usage=status.usage,
-            extra=extra,
-            ack=ack,
-        )
-    else:
-        failure = JobFailure(GENERATION_ERROR, "the remote task failed", remote=status.error)
-        won = fail(store, job_id, seq, job, failure, send, extra=extra, ack=ack)
-    return won
+    ending = _ending(store, job_id, None, job, State.CANCELLED, error=failure.as_record())
+    return end(store, ending, send)
 
 
 def fail(
@@ -90,22 +59,72 @@ def fail(
     extra: dict[str, Any] | None = None,
     ack: Delivery | None = None,
 ) -> Finish:
-    return _finish(
-        store,
-        send,
-        job_id,
-        seq,
-        job,
-        State.FAILED,
-        error=failure.as_record(),
-        extra=extra,
-        ack=ack,
-    )
+    ending = _ending(store, job_id, seq, job, State.FAILED, error=failure.as_record(), extra=extra)
+    return end(store, ending, send, ack)
 
 
-def _finish(
+@dataclass(frozen=True)
+class Ending:
+    """A job's end, prepared for the finish script: written alone (``end``) or with the ends
+    of other jobs in one round trip (``end_many``)."""
+
+    job_id: str
+    job: dict[str, str]  # the record as read before (for the log line)
+    state: State
+    error: dict[str, Any] | None
+    finish: dict[str, Any]  # JobStore.finish's arguments
+
+
+def status_ending(
     store: JobStore,
-    send: Sender,
+    job_id: str,
+    seq: int,
+    job: dict[str, str],
+    status: Status,
+    extra: dict[str, Any] | None,
+) -> Ending:
+    """Record a finished remote task: completed, or failed remotely (its generation time is
+    learned by the end's own script). ``extra`` job fields go into the same atomic step (the
+    poll that saw the end)."""
+    if status.state == "completed":
+        return _ending(
+            store,
+            job_id,
+            seq,
+            job,
+            State.SUCCEEDED,
+            outputs=status.outputs,
+            usage=status.usage,
+            extra=extra,
+        )
+    failure = JobFailure(GENERATION_ERROR, "the remote task failed", remote=status.error)
+    return _ending(store, job_id, seq, job, State.FAILED, error=failure.as_record(), extra=extra)
+
+
+def failure_ending(
+    store: JobStore, job_id: str, seq: int | None, job: dict[str, str], failure: JobFailure
+) -> Ending:
+    return _ending(store, job_id, seq, job, State.FAILED, error=failure.as_record())
+
+
+def end(store: JobStore, ending: Ending, send: Sender, ack: Delivery | None = None) -> Finish:
+    """Write one end (``ack``, the caller's message, acknowledged by its script)."""
+    ended = store.finish(ending.job_id, **ending.finish, ack=ack)
+    _announce_end(ending, ended, send)
+    return ended
+
+
+def end_many(store: JobStore, endings: list[Ending], send: Sender) -> list[Finish | Exception]:
+    """Write several ends in one round trip; an end whose script failed gives its exception."""
+    answers = store.finish_many([{"job_id": e.job_id, **e.finish} for e in endings])
+    for ending, ended in zip(endings, answers, strict=True):
+        if not isinstance(ended, Exception):
+            _announce_end(ending, ended, send)
+    return answers
+
+
+def _ending(
+    store: JobStore,
     job_id: str,
     seq: int | None,
     job: dict[str, str],
@@ -115,29 +134,30 @@ def _finish(
     usage: dict[str, Any] | None = None,
     error: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
-    ack: Delivery | None = None,
-) -> Finish:
+) -> Ending:
     record = public_record(job_id, job)
     record.update(state=str(state), outputs=outputs or [], usage=usage, error=error)
     _learn_price(store, job_id, usage)  # before the end admits the next job: it prices it
-    ended = store.finish(
-        job_id,
-        seq,
-        state,
-        record,
-        cost_micros=cost_micros(usage or {}),
-        unpriced_images=_unpriced_images(store, job_id, usage),
-        error_code=(error or {}).get("code", ""),
-        extra=extra,
-        ack=ack,
-        on_end=_observed(store, job, state, error),
-    )
-    announce(ended, job_id, send)
+    finish = {
+        "seq": seq,
+        "state": state,
+        "record": record,
+        "cost_micros": cost_micros(usage or {}),
+        "unpriced_images": _unpriced_images(store, job_id, usage),
+        "error_code": (error or {}).get("code", ""),
+        "extra": extra,
+        "on_end": _observed(store, job, state, error),
+    }
+    return Ending(job_id, job, state, error, finish)
+
+
+def _announce_end(ending: Ending, ended: Finish, send: Sender) -> None:
+    announce(ended, ending.job_id, send)
     if ended:  # once per ended job: its log line
+        error = ending.error
         outcome = f"{error['code']} {error.get('message', '')}" if error else "completed"
-        fields = logs.job_fields(job_id, job.get("remote_task_id", ""))
-        log.info("job %s: %s", state, outcome, extra=fields)
-    return ended
+        fields = logs.job_fields(ending.job_id, ending.job.get("remote_task_id", ""))
+        log.info("job %s: %s", ending.state, outcome, extra=fields)
 
 
 def _observed(

@@ -107,6 +107,7 @@ def lua_constants() -> str:
         "K_CLUSTER": CLUSTER,
         "K_STATS": STATS,
         "K_ACCOUNT": ACCOUNT,
+        "K_PACE_RATE": PACE_RATE,
         "K_READY": READY,
         "K_DUE": DUE,
         "K_POLLS": POLLS,

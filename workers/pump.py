@@ -35,12 +35,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.commands.core import Script
 
 from workers import keys
 from workers.config import Settings
 from workers.jobs import Followed
 from workers.names import TaskName
-from workers.scripts import load_script
+from workers.scripts import load_script, one_trip
 from workers.sender import Preparer, Sender
 
 log = logging.getLogger("wanq.pump")
@@ -61,7 +62,13 @@ class Due:
 
 
 class Pump:
-    """The pump's reads and hand-offs, over the store's client."""
+    """The pump's reads and hand-offs, over the store's client.
+
+    A tick's hand-off and the next tick's read share one round trip: each read takes the polls
+    due within the coming tick (by ``now`` + 1.5 ticks), and the next tick hands them off, in
+    the pipeline of its own read. A poll still goes out within half a tick of its time; a
+    poll already due when read (a poll scheduled less than a tick ahead, or a pump that just
+    took over) goes at once."""
 
     def __init__(
         self, client: redis.Redis, settings: Settings, send: Sender, prepare: Preparer | None
@@ -69,6 +76,7 @@ class Pump:
         self.redis, self.settings, self.send, self.prepare = client, settings, send, prepare
         self._read = load_script(client, "pump")
         self._hand_off = load_script(client, "hand_off")
+        self._next: list[Due] = []  # read last tick, handed off this one
 
     def due(self, by: float, most: int = MOST) -> list[Due]:
         """The polls due by ``by``, at most ``most``."""
@@ -77,27 +85,61 @@ class Pump:
 
     def hand_off(self, polls: list[Due]) -> int:
         """One message for ``polls``; how many of them were still current."""
-        args = tuple(itertools.chain.from_iterable(p.args for p in polls))
-        prepared = self.prepare(TaskName.POLL, args) if self.prepare else None
-        queue, message = prepared or ("", "")
-        scores = itertools.chain.from_iterable((p.job_id, p.score) for p in polls)
-        current = int(
-            self._hand_off(keys=[keys.POLLS, queue or keys.POLL_QUEUE], args=[message, *scores])
-        )
-        if prepared is None and current:  # no template: sent after (the due set covers a loss)
-            self.send(TaskName.POLL, args)
-        return current
+        return self._hand_off_with(polls)[0]
 
     def pump(self, now: float) -> int:
-        """Hand off every poll due within half a tick of ``now``; how many went."""
-        sent = 0
-        while True:
-            polls = self.due(now + self.settings.poll_tick / 2)
-            size = self.settings.poll_batch
-            for start in range(0, len(polls), size):
-                sent += self.hand_off(polls[start : start + size])
-            if len(polls) < MOST:
-                return sent
+        """Hand off the polls read last tick, read those of the next, and hand off at once any
+        found due already; how many went."""
+        tick = self.settings.poll_tick
+        soon = now + tick / 2
+        sent, read = self._hand_off_with(self._next, then_read=now + 1.5 * tick)
+        self._next = [p for p in read if float(p.score) > soon]
+        due_now = [p for p in read if float(p.score) <= soon]
+        full = len(read) >= MOST
+        while due_now:  # a full read may have left more due now: read on until all went
+            more, due_now = self._hand_off_with(due_now, then_read=soon if full else None)
+            sent, full = sent + more, len(due_now) >= MOST
+        return sent
+
+    def forget(self) -> None:
+        """Drop what was read for the next tick (the lease went: another pump reads it)."""
+        self._next = []
+
+    def _hand_off_with(
+        self, polls: list[Due], then_read: float | None = None
+    ) -> tuple[int, list[Due]]:
+        """``polls`` handed off ``poll_batch`` to a message, then (``then_read``) the polls
+        due by then read, all in one round trip: how many were current, and what was read.
+        A hand-off Redis refused (out of memory) is raised once the others went."""
+        size = self.settings.poll_batch
+        chunks = [polls[start : start + size] for start in range(0, len(polls), size)]
+        calls: list[tuple[Script, list[Any], list[Any]]] = []
+        unsent: list[tuple[Any, ...] | None] = []  # messages without a template, sent after
+        for chunk in chunks:
+            args = tuple(itertools.chain.from_iterable(p.args for p in chunk))
+            prepared = self.prepare(TaskName.POLL, args) if self.prepare else None
+            queue, message = prepared or ("", "")
+            scores = itertools.chain.from_iterable((p.job_id, p.score) for p in chunk)
+            hand_off_keys = [keys.POLLS, queue or keys.POLL_QUEUE]
+            calls.append((self._hand_off, hand_off_keys, [message, *scores]))
+            unsent.append(None if prepared else args)
+        if then_read is not None:
+            calls.append((self._read, [keys.POLLS], [repr(then_read), MOST, keys.job("")]))
+        answers, _ = one_trip(self.redis, calls)
+        read = answers.pop() if then_read is not None else []
+        if isinstance(read, Exception):
+            raise read
+        sent, refused = 0, None
+        for answer, later in zip(answers, unsent, strict=True):
+            if isinstance(answer, Exception):  # its entries stay for a later read
+                refused = answer
+                continue
+            sent += int(answer)
+            if later is not None and answer:  # sent after: the due set covers a loss
+                self.send(TaskName.POLL, later)
+        if refused is not None:
+            raise refused
+        return sent, [_due(entry) for entry in read]
 
 
 def _due(entry: list[Any]) -> Due:
@@ -127,9 +169,12 @@ def run(
                 renew_at = started + RENEW_EVERY
             if holding:
                 pump.pump(time.time())
+            else:
+                pump.forget()
         except Exception:  # Redis down or full: try again; the due set covers what waits
             log.exception("poll pump failed; retrying")
             holding, renew_at = False, started + RENEW_EVERY
+            pump.forget()
         next_turn = started + tick if holding else renew_at
         stop.wait(max(0.0, next_turn - time.monotonic()))
     if holding:  # a warm shutdown: the lease ends now (renewed for 1 ms), not in LEASE_TTL

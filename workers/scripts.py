@@ -10,10 +10,13 @@ into the server and versioning).
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Sequence
 from importlib import resources
+from typing import Any
 
 import redis
 from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 
 from workers import errors, keys
 from workers.names import lua_constants
@@ -46,3 +49,32 @@ def load_script(client: redis.Redis, name: str) -> Script:
         shebang, text = text.split("\n", 1)
         shebang += "\n"
     return client.register_script(shebang + lua_preamble() + text)
+
+
+def one_trip(
+    client: redis.Redis,
+    calls: Sequence[tuple[Script, list[Any], list[Any]]],
+    reads: Callable[[redis.client.Pipeline], None] | None = None,
+    reload: bool = True,
+) -> tuple[list[Any], list[Any]]:
+    """Scripts (script, keys, args) and then ``reads`` on one pipeline, in one round trip:
+    the scripts' answers (an exception in place of each that failed) and the reads' replies.
+
+    Scripts go as EVALSHA: redis-py's own pipelined scripts first ask SCRIPT EXISTS, a round
+    trip of its own. Scripts the server does not know (restarted, flushed) did not run: they
+    are loaded and run again, in one more round trip."""
+    pipe = client.pipeline(transaction=False)
+    for script, script_keys, args in calls:
+        pipe.evalsha(script.sha, len(script_keys), *script_keys, *args)
+    if reads:
+        reads(pipe)
+    replies = pipe.execute(raise_on_error=False)
+    answers = replies[: len(calls)]
+    missed = [i for i, answer in enumerate(answers) if isinstance(answer, NoScriptError)]
+    if missed and reload:
+        for script in {calls[i][0].sha: calls[i][0] for i in missed}.values():
+            client.script_load(script.script)
+        again, _ = one_trip(client, [calls[i] for i in missed], reload=False)
+        for i, answer in zip(missed, again, strict=True):
+            answers[i] = answer
+    return answers, replies[len(calls) :]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,7 @@ from workers.errors import STATUS_CHECK
 from workers.jobs import Job
 from workers.names import ALL_STATES, TERMINAL, BatchState, Hold, State
 from workers.registries import JobSet, Registries
-from workers.scripts import load_script
+from workers.scripts import load_script, one_trip
 
 __all__ = ["ALL_STATES", "TERMINAL", "Finish", "JobStore", "State", "Step"]
 
@@ -187,12 +187,12 @@ class JobStore:
         return len(self.enqueue_many(batch_id, [(custom_id, json.dumps(request), line)]).new)
 
     def enqueue_many(self, batch_id: str, jobs: Sequence[tuple[Any, ...]]) -> Enqueued:
-        """Enqueue jobs given as (custom_id, request JSON, line[, image keys comma-joined]):
-        which are new, in order (a job whose (batch, custom_id) exists is left as it is; a new
-        one takes a reference on each image, see ``workers.images``), and which to send
-        creates for now (all new ones without an in-flight cap; with one, those given a
-        slot). One script per ENQUEUE_SLICE jobs (fewer when their requests pass
-        ENQUEUE_SLICE_BYTES), all in one pipeline."""
+        """Enqueue jobs given as (custom_id, request JSON, line[, image keys comma-joined[,
+        worst-case image count]]): which are new, in order (a job whose (batch, custom_id)
+        exists is left as it is; a new one takes a reference on each image, see
+        ``workers.images``), and which to send creates for now (all new ones without an
+        in-flight cap; with one, those given a slot). One script per ENQUEUE_SLICE jobs (fewer
+        when their requests pass ENQUEUE_SLICE_BYTES), all in one pipeline."""
         now = time.time()
         shared = [keys.batch(batch_id), keys.batch_jobs(batch_id), keys.QUEUED]
         script = self._scripts["enqueue"]
@@ -201,19 +201,21 @@ class JobStore:
         args: list[str | int | float]
         job_keys, args, size = list(shared), [batch_id, now, self.max_in_flight], 0
         image_keys: list[str | int | float] = []  # each job's image keys, after the jobs' ARGV
-        for custom_id, request, line, *held in jobs:
+        worsts: list[str | int | float] = []  # then each job's worst case ('' if not given)
+        for custom_id, request, line, *more in jobs:
             job_id = keys.job_id(batch_id, custom_id)
             job_ids.append(job_id)
             job_keys += (keys.job(job_id), keys.payload(job_id))
             args += (job_id, custom_id, request, line)
-            image_keys.append(held[0] if held else "")
+            image_keys.append(more[0] if more else "")
+            worsts.append(more[1] if len(more) > 1 else "")
             size += len(request)
             if len(args) >= 3 + 4 * ENQUEUE_SLICE or size >= ENQUEUE_SLICE_BYTES:
-                script(keys=job_keys, args=args + image_keys, client=pipe)
+                script(keys=job_keys, args=args + image_keys + worsts, client=pipe)
                 job_keys, args, size = list(shared), [batch_id, now, self.max_in_flight], 0
-                image_keys = []
+                image_keys, worsts = [], []
         if len(args) > 3:
-            script(keys=job_keys, args=args + image_keys, client=pipe)
+            script(keys=job_keys, args=args + image_keys + worsts, client=pipe)
         answers = pipe.execute()
         created = (flag for flags, _ in answers for flag in flags)
         new = [job_id for job_id, flag in zip(job_ids, created, strict=True) if flag]
@@ -263,20 +265,8 @@ class JobStore:
 
     def view(self, job_id: str, *, payload: bool = False) -> View:
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hgetall(keys.job(job_id))
-        pipe.hget(keys.batch(keys.batch_of(job_id)), "state")
-        pipe.hgetall(keys.ACCOUNT)
-        pipe.exists(keys.PACE_RATE)
-        if payload:
-            pipe.get(keys.payload(job_id))
-        raw, batch_state, block, tightened, *stored = pipe.execute()
-        return View(
-            Job.parse(job_id, text_map(raw)),
-            text(batch_state) or BatchState.ACTIVE,
-            text_map(block),
-            bool(tightened),
-            text(stored[0]) if stored and stored[0] is not None else None,
-        )
+        _queue_view(pipe, job_id, payload)
+        return _view_of(job_id, pipe.execute())
 
     def job_records(self, job_ids: Sequence[str]) -> list[Job | None]:
         """Several jobs in one round trip, in order (None for a job that is gone)."""
@@ -374,41 +364,76 @@ class JobStore:
         without reading the job first; the script reads for it what that read would have
         told (a cancelled batch refuses the step, unacknowledged; a blocked account).
         ``pump``: the job's next poll is left to the poll pump (workers.pump), due at ``due``."""
-        batch_id = keys.batch_of(job_id)
-        flat: list[Any] = []
-        for name, value in (fields or {}).items():
-            flat += [name, _encode(value)]
-        queue, message = then or (None, "")
-        answer = self._scripts["step"](
-            keys=[keys.job(job_id), keys.batch(batch_id), keys.DUE, keys.QUEUED]
-            + ([queue] if queue else []),
-            args=[
-                job_id,
-                seq,
-                ",".join(allowed),
-                to,
-                1 if bump else 0,
-                "" if due is None else repr(due),
-                ",".join(incr),
-                message,
-                ack.tag if ack else "",
-                "1" if poll else "",
-                "1" if pump else "",
-                *flat,
-            ],
+        step_keys, args = _step_call(
+            job_id, seq, allowed, to, bump, due, incr, fields, then, ack, poll, pump
         )
-        step = Step(
-            bool(answer[0]),
-            int(answer[1]),
-            text(answer[2]) or "",
-            batch_cancelled=len(answer) > 3 and bool(answer[3]),
-            account_blocked=len(answer) > 4 and bool(answer[4]),
-        )
+        step = step_answer(self._scripts["step"](keys=step_keys, args=args))
         if ack:
             ack.acked = not step.batch_cancelled
         return step
 
+    def steps_and_views(
+        self, steps: Sequence[Mapping[str, Any]], view_ids: Sequence[str]
+    ) -> tuple[list[Step | Exception], list[View | Exception]]:
+        """``step`` for several jobs (each given as its keyword arguments, without ``ack``
+        or ``then``) and ``view`` of others, all in one round trip. A step or read that failed
+        (Redis out of memory, say) gives its exception in its place; the others stand."""
+        calls = [("step", *_step_call(**_step_defaults(step))) for step in steps]
+        answers, replies = self._one_trip(calls, lambda pipe: _queue_views(pipe, view_ids))
+        stepped = [a if isinstance(a, Exception) else step_answer(a) for a in answers]
+        views: list[View | Exception] = []
+        for i, job_id in enumerate(view_ids):
+            reply = replies[VIEW_REPLIES * i : VIEW_REPLIES * (i + 1)]
+            failed = next((r for r in reply if isinstance(r, Exception)), None)
+            views.append(failed or _view_of(job_id, reply))
+        return stepped, views
+
+    def load_scripts(self) -> None:
+        """Load every script now (else the first call of each is refused, then loads it)."""
+        for script in self._scripts.values():
+            self.redis.script_load(script.script)
+
+    def _one_trip(
+        self,
+        calls: Sequence[tuple[str, list[Any], list[Any]]],
+        reads: Callable[[redis.client.Pipeline], None] | None = None,
+    ) -> tuple[list[Any], list[Any]]:
+        named = [(self._scripts[name], call_keys, args) for name, call_keys, args in calls]
+        return one_trip(self.redis, named, reads)
+
     def finish(
+        self,
+        job_id: str,
+        seq: int | None,
+        state: State,
+        record: dict[str, Any],
+        *,
+        ack: Delivery | None = None,
+        **end: Any,
+    ) -> Finish:
+        """The terminal transition plus the stream entry, atomically and once per job.
+
+        ``end``: ``cost_micros``, ``error_code``, ``extra`` fields written to the job hash in
+        the same step (the last poll's count), ``on_end`` writes made only by the call that
+        ends the job, ``unpriced_images`` (images whose cost the provider did not give as a
+        usable number: the script counts them as estimated-unseen money at the batch's price).
+        ``ack``: the task message the caller runs, acknowledged by the same script whether the
+        job ends or the call is stale.
+        """
+        finish_keys, args = self._finish_call(job_id, seq, state, record, ack=ack, **end)
+        answer = finish_answer(self._scripts["finish"](keys=finish_keys, args=args))
+        if ack:
+            ack.acked = True
+        return answer
+
+    def finish_many(self, ends: Sequence[Mapping[str, Any]]) -> list[Finish | Exception]:
+        """``finish`` for several jobs (each given as its arguments, without ``ack``) in one
+        round trip; a script that failed gives its exception in its place."""
+        calls = [("finish", *self._finish_call(**end)) for end in ends]
+        answers, _ = self._one_trip(calls)
+        return [a if isinstance(a, Exception) else finish_answer(a) for a in answers]
+
+    def _finish_call(
         self,
         job_id: str,
         seq: int | None,
@@ -419,22 +444,10 @@ class JobStore:
         unpriced_images: int = 0,
         error_code: str = "",
         extra: dict[str, Any] | None = None,
-        pipe: redis.client.Pipeline | None = None,
         ack: Delivery | None = None,
         on_end: EndWrites | None = None,
-    ) -> Finish:
-        """The terminal transition plus the stream entry, atomically and once per job.
-
-        ``extra`` fields are written to the job hash in the same step (the last poll's count).
-        ``ack``: the task message the caller runs, acknowledged by the same script whether the
-        job ends or the call is stale (not with ``pipe``: the script runs later).
-        ``on_end``: written only by the call that ends the job.
-        ``unpriced_images``: images made whose cost the provider did not give as a usable
-        number; the script counts them as estimated-unseen money at the batch's price.
-
-        With a pipeline the script's raw answer comes from ``pipe.execute()``: pass it to
-        ``finish_answer``.
-        """
+    ) -> tuple[list[Any], list[Any]]:
+        """The finish script's keys and arguments (lua/finish.lua)."""
         batch_id = keys.batch_of(job_id)
         now = time.time()
         fields: list[Any] = []
@@ -444,9 +457,8 @@ class JobStore:
         for name, value in (extra or {}).items():
             fields += [name, _encode(value)]
         stream_record = {**record, "state": str(state), "completed_at": now}
-        acked = ack if pipe is None else None  # with a pipeline the script runs later
-        answer = self._scripts["finish"](
-            keys=[
+        return (
+            [
                 keys.job(job_id),
                 keys.batch(batch_id),
                 keys.DUE,
@@ -461,7 +473,7 @@ class JobStore:
                 keys.payload(job_id),  # released with the job's end (unless it failed)
                 keys.ENDED,
             ],
-            args=[
+            [
                 job_id,
                 "" if seq is None else seq,
                 str(state),
@@ -475,42 +487,73 @@ class JobStore:
                 "1" if self.always_deliver else "0",
                 unpriced_images,
                 self.unit_micros,
-                acked.tag if acked else "",
+                ack.tag if ack else "",
                 json.dumps(on_end.commands if on_end else []),
                 *fields,
             ],
-            client=pipe or self.redis,
         )
-        if acked:
-            acked.acked = True
-        return answer if pipe is not None else finish_answer(answer)
 
-    def claim(
+    def claim_and_view(
         self,
         job_id: str,
         seq: int,
         window: float,
-        worst_images: int,
+        worst_images: int | None,
         probe: bool = False,
-    ) -> Step:
+        check_pace: bool = False,
+    ) -> tuple[Step, View]:
         """Claim for creation (lua/claim.lua), reserving at the store's unit price or the
-        batch's learned one. When not applied, ``previous`` says why: stale, busy, account,
-        cancelled, paused, budget, full or pricing; when applied, the state it was claimed
-        from (``creating``: the last claim died between POST and ID)."""
-        batch_id = keys.batch_of(job_id)
-        applied, new_seq, why = self._scripts["claim"](
-            keys=[keys.job(job_id), keys.batch(batch_id), keys.DUE, keys.QUEUED],
-            args=[
-                job_id,
-                seq,
-                repr(window),
-                worst_images,
-                self.unit_micros,
-                self.max_in_flight,
-                "1" if probe else "0",
-            ],
+        batch's learned one, and read back in the same round trip the ``view`` (with the
+        payload) a create needs, as the claim leaves it. When not applied, ``previous`` says
+        why: stale, busy, account, cancelled, paused, budget, full or pricing; unpriced
+        (``worst_images`` None and none stored at submission); pace (``check_pace``: 429s
+        have tightened the cluster's pace, for the caller to take a slot of it first). When
+        applied, the state it was claimed from (``creating``: the last claim died between
+        POST and ID)."""
+        claim_keys, args = self._claim_call(
+            job_id, seq, window, worst_images, probe, check_pace, read=True
         )
-        return Step(bool(applied), int(new_seq), text(why))
+        return _claim_and_view(job_id, self._scripts["claim"](keys=claim_keys, args=args))
+
+    def claims_and_views(
+        self, jobs: Sequence[tuple[str, int]], window: float, check_pace: bool
+    ) -> list[tuple[Step, View] | Exception]:
+        """``claim_and_view`` for several jobs (their worst cases as stored, no probe) in one
+        round trip; a claim that failed gives its exception in its place."""
+        calls = [
+            ("claim", *self._claim_call(job_id, seq, window, None, False, check_pace, read=True))
+            for job_id, seq in jobs
+        ]
+        answers, _ = self._one_trip(calls)
+        return [
+            answer if isinstance(answer, Exception) else _claim_and_view(job_id, answer)
+            for (job_id, _), answer in zip(jobs, answers, strict=True)
+        ]
+
+    def _claim_call(
+        self,
+        job_id: str,
+        seq: int,
+        window: float,
+        worst_images: int | None,
+        probe: bool,
+        check_pace: bool = False,
+        read: bool = False,
+    ) -> tuple[list[Any], list[Any]]:
+        """The claim script's keys and arguments (lua/claim.lua)."""
+        batch_id = keys.batch_of(job_id)
+        claim_keys = [keys.job(job_id), keys.batch(batch_id), keys.DUE, keys.QUEUED]
+        args = [
+            job_id,
+            seq,
+            repr(window),
+            "" if worst_images is None else worst_images,
+            self.unit_micros,
+            self.max_in_flight,
+            "1" if probe else "0",
+            "1" if check_pace else "0",
+        ]
+        return claim_keys + ([keys.payload(job_id)] if read else []), args
 
     def learn_price(self, batch_id: str, micros_per_image: int) -> int:
         """Record what the provider charged this batch per image (kept at the highest seen).
@@ -688,6 +731,114 @@ class JobStore:
 
     def stats(self) -> dict[str, str]:
         return text_map(self.redis.hgetall(keys.STATS))
+
+
+VIEW_REPLIES = 4  # the commands of a view without its payload (_queue_view)
+
+
+def _queue_view(pipe: redis.client.Pipeline, job_id: str, payload: bool = False) -> None:
+    pipe.hgetall(keys.job(job_id))
+    pipe.hget(keys.batch(keys.batch_of(job_id)), "state")
+    pipe.hgetall(keys.ACCOUNT)
+    pipe.exists(keys.PACE_RATE)
+    if payload:
+        pipe.get(keys.payload(job_id))
+
+
+def _queue_views(pipe: redis.client.Pipeline, job_ids: Sequence[str]) -> None:
+    for job_id in job_ids:
+        _queue_view(pipe, job_id)
+
+
+def _view_of(job_id: str, replies: Sequence[Any]) -> View:
+    raw, batch_state, block, tightened, *stored = replies
+    return View(
+        Job.parse(job_id, text_map(raw)),
+        text(batch_state) or BatchState.ACTIVE,
+        text_map(block),
+        bool(tightened),
+        text(stored[0]) if stored and stored[0] is not None else None,
+    )
+
+
+def _claim_and_view(job_id: str, answer: list[Any]) -> tuple[Step, View]:
+    """A claim's answer with its read-back (lua/claim.lua) as the claim and the view."""
+    applied, new_seq, why, raw, payload, block, tightened = answer
+    view = View(
+        Job.parse(job_id, text_map(_pairs_map(raw))),
+        BatchState.ACTIVE,  # the claim itself refuses a cancelled or paused batch
+        text_map(_pairs_map(block)),
+        bool(tightened),
+        text(payload) if payload is not None else None,
+    )
+    return Step(bool(applied), int(new_seq), text(why)), view
+
+
+def _pairs_map(flat: list[Any]) -> dict[Any, Any]:
+    """A script's flat HGETALL reply (field, value, field, value, ...) as a mapping."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _step_defaults(step: Mapping[str, Any]) -> dict[str, Any]:
+    """A step given by keyword, with ``step``'s defaults for what it leaves out."""
+    return {
+        "bump": True,
+        "due": None,
+        "incr": (),
+        "fields": None,
+        "then": None,
+        "ack": None,
+        "poll": False,
+        "pump": False,
+        **step,
+    }
+
+
+def _step_call(
+    job_id: str,
+    seq: int,
+    allowed: tuple[str, ...],
+    to: str,
+    bump: bool,
+    due: float | None,
+    incr: tuple[str, ...],
+    fields: dict[str, Any] | None,
+    then: tuple[str, str] | None,
+    ack: Delivery | None,
+    poll: bool,
+    pump: bool,
+) -> tuple[list[Any], list[Any]]:
+    """The step script's keys and arguments (lua/step.lua)."""
+    flat: list[Any] = []
+    for name, value in (fields or {}).items():
+        flat += [name, _encode(value)]
+    queue, message = then or (None, "")
+    step_keys = [keys.job(job_id), keys.batch(keys.batch_of(job_id)), keys.DUE, keys.QUEUED]
+    args = [
+        job_id,
+        seq,
+        ",".join(allowed),
+        to,
+        1 if bump else 0,
+        "" if due is None else repr(due),
+        ",".join(incr),
+        message,
+        ack.tag if ack else "",
+        "1" if poll else "",
+        "1" if pump else "",
+        *flat,
+    ]
+    return step_keys + ([queue] if queue else []), args
+
+
+def step_answer(answer: list[Any]) -> Step:
+    return Step(
+        bool(answer[0]),
+        int(answer[1]),
+        text(answer[2]) or "",
+        batch_cancelled=len(answer) > 3 and bool(answer[3]),
+        account_blocked=len(answer) > 4 and bool(answer[4]),
+    )
 
 
 def finish_answer(raw: list[Any]) -> Finish:

@@ -7,7 +7,8 @@
 -- ARGV[1] batch_id   ARGV[2] now   ARGV[3] in-flight cap (0 = none)
 -- ARGV[4i .. 4i + 3] the i-th job: job_id, custom_id, request JSON, line in the batch file
 -- ARGV[3 + 4n + i] (optional) the image keys the i-th job references, comma-separated, one per
--- use (n = number of jobs)
+-- use (n = number of jobs)   ARGV[3 + 5n + i] (optional) the i-th job's worst-case image count
+-- (workers.pricing), for its claim to reserve without reading the request (claim.lua)
 -- Returns {flags, admitted}: one flag per job (1 enqueued, 0 already there), and the jobs to
 -- send creates for, flat: job_id, seq, job_id, seq, ...
 local batch_key, list_key, queued_key = KEYS[1], KEYS[2], KEYS[3]
@@ -27,6 +28,9 @@ for i = 1, jobs_n do
       return redis.error_reply('WQ110 image not stored: ' .. image)
     end
   end
+end
+local function worst_of(i)
+  return ARGV[3 + 5 * jobs_n + i] or ''
 end
 local function take_images(i, job_key)
   if images_of(i) ~= '' then
@@ -51,6 +55,9 @@ for i = 1, (#KEYS - 3) / 2 do
       'req_sha1', redis.sha1hex(request))
     redis.call('SET', payload_key, request)
     take_images(i, job_key)
+    if worst_of(i) ~= '' then
+      redis.call('HSET', job_key, 'worst_images', worst_of(i))
+    end
     created[i] = 1
     ids[#ids + 1] = job_id
     if gated then
