@@ -105,7 +105,10 @@ def create_together(rt: Runtime, admitted: list[tuple[str, int]]) -> list[str]:
         return [create_inline(rt, job_id, seq) for job_id, seq in admitted]
     outcomes = [""] * len(admitted)
     posted: list[tuple[int, Claimed, str]] = []
-    claims = rt.store.claims_and_views(admitted, rt.create_window(), check_pace=True)
+    try:
+        claims = rt.store.claims_and_views(admitted, rt.create_window(), check_pace=True)
+    except Exception as exc:  # Redis went away: each create the one-at-a-time way
+        claims = [exc] * len(admitted)
     for i, ((job_id, seq), answer) in enumerate(zip(admitted, claims, strict=True)):
         if isinstance(answer, Exception) or answer[0].previous in ("pace", "unpriced"):
             outcomes[i] = create_inline(rt, job_id, seq)
