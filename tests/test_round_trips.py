@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 import pytest
+import redis
 import requests
 from redis.connection import AbstractConnection
 
@@ -20,7 +21,7 @@ from tests.test_pump import created, finished, queued_args, sender
 from workers import errors, images, keys, latency, pump
 from workers.creating import create_together
 from workers.images import ImageStore
-from workers.names import State
+from workers.names import State, TaskName
 from workers.tasks import create_step, poll_batch
 
 rt = test_pump.rt  # the runtime fixture: real Redis and simulator, a recording sender
@@ -189,3 +190,19 @@ def test_the_creates_of_the_slots_a_message_freed_take_two_round_trips(rt, simul
         assert job is not None and job.state == State.RUNNING and job.remote_task_id
         assert rt.store.redis.zscore(keys.POLLS, job_id) is not None, "its first poll: the pump's"
     assert create_together(rt, admitted) == ["stale"] * 3, "a second time: nothing"
+
+
+def test_creates_whose_steps_were_lost_are_sent_again(rt, simulator, monkeypatch):
+    """Redis went away after the POSTs: each job stays claimed (its create window then counts
+    the remote task as a possible duplicate, as for a worker killed there) and its create
+    message goes out; nothing raises into the poll that ran them."""
+    lines = [(f"j{i}", json.dumps(line["body"]), i, "", 1) for i, line in enumerate(jobs(2))]
+    rt.store.enqueue_many("b7", lines)
+
+    def gone(*_: object) -> None:
+        raise redis.ConnectionError("Redis went away")
+
+    monkeypatch.setattr(rt.store, "steps_and_views", gone)
+    assert create_together(rt, [("b7:j0", 0), ("b7:j1", 0)]) == ["sent", "sent"]
+    assert rt.send.sent == [(TaskName.CREATE, ("b7:j0", 0)), (TaskName.CREATE, ("b7:j1", 0))]
+    assert rt.store.job("b7:j0")["state"] == State.CREATING

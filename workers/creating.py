@@ -144,7 +144,10 @@ def create_together(rt: Runtime, admitted: list[tuple[str, int]]) -> list[str]:
                 **step,
             }
         )
-    stepped, _ = rt.store.steps_and_views(steps, []) if steps else ([], [])
+    try:
+        stepped: list[Step | Exception] = rt.store.steps_and_views(steps, [])[0] if steps else []
+    except Exception as exc:  # Redis went away: as if this worker died after the POSTs
+        stepped = [exc] * len(steps)
     for (i, claimed, _), moved in zip(posted, stepped, strict=True):
         logs.bind_job(claimed.job.job_id)
         if isinstance(moved, Exception):  # POSTed, ID not stored: as if killed in between
