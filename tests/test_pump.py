@@ -199,3 +199,45 @@ def test_a_job_whose_fields_do_not_read_is_polled_without_a_hint(rt, simulator):
     polls = pump.Pump(rt.store.redis, rt.settings, rt.send, sender(rt).prepare)
     (due,) = polls.due(9e9)
     assert due.args[2] == ""  # the poll reads the job first (tasks.poll_step)
+
+
+class Turns:
+    """A stop event for ``pump.run`` that records how long each turn waits and stops the
+    loop after ``n`` turns."""
+
+    def __init__(self, n: int) -> None:
+        self.waits: list[float] = []
+        self.n = n
+
+    def is_set(self) -> bool:
+        return len(self.waits) >= self.n
+
+    def wait(self, timeout: float) -> bool:
+        self.waits.append(timeout)
+        return self.is_set()
+
+
+class Reads:
+    """A pump whose reads find the earliest poll ``ahead`` seconds away, counted."""
+
+    def __init__(self, settings: config.Settings, ahead: float) -> None:
+        self.settings, self.ahead, self.calls, self.next_read = settings, ahead, 0, 0.0
+
+    def pump(self, now: float) -> int:
+        self.calls += 1
+        self.next_read = now + self.ahead - 1.5 * self.settings.poll_tick
+        return 0
+
+    def forget(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("ahead", "turn"), [(60.0, pump.IDLE_WAIT), (0.1, None)])
+def test_the_pump_reads_each_tick_only_while_polls_are_due_soon(rt, ahead, turn):
+    """Idle, a pump reads Redis every IDLE_WAIT (4 times a second, not 20); with a poll
+    due within it, every tick."""
+    reads, turns = Reads(rt.settings, ahead), Turns(5)
+    pump.run(reads, lambda *_: True, "me", turns)  # type: ignore[arg-type]
+    assert reads.calls == 5
+    expected = turn or rt.settings.poll_tick
+    assert all(expected - 0.02 < wait <= expected for wait in turns.waits)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -37,7 +38,7 @@ from typing import Any
 import redis
 from redis.commands.core import Script
 
-from workers import keys
+from workers import keys, schedule
 from workers.config import Settings
 from workers.jobs import Followed
 from workers.names import TaskName
@@ -49,6 +50,9 @@ log = logging.getLogger("wanq.pump")
 LEASE_TTL = 3.0  # seconds: how long the polls of a pump that died wait for another pump
 RENEW_EVERY = 1.0  # seconds between lease renewals (a process without it tries as often)
 MOST = 2000  # entries one read takes; a full read is followed by the next at once
+# most seconds between reads while no poll is due soon: a step schedules its poll at least
+# schedule.MIN_INTERVAL ahead, so a read this often still sees it coming
+IDLE_WAIT = schedule.MIN_INTERVAL / 2
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,7 @@ class Pump:
         self._read = load_script(client, "pump")
         self._hand_off = load_script(client, "hand_off")
         self._next: list[Due] = []  # read last tick, handed off this one
+        self.next_read = 0.0  # when the next read is needed (time.time()): the next tick's
 
     def due(self, by: float, most: int = MOST) -> list[Due]:
         """The polls due by ``by``, at most ``most``."""
@@ -92,12 +97,14 @@ class Pump:
         found due already; how many went."""
         tick = self.settings.poll_tick
         soon = now + tick / 2
-        sent, read = self._hand_off_with(self._next, then_read=now + 1.5 * tick)
+        sent, read, earliest = self._hand_off_with(self._next, then_read=now + 1.5 * tick)
         self._next = [p for p in read if float(p.score) > soon]
+        # nothing to hand off next tick: read again when the earliest poll comes within reach
+        self.next_read = now + tick if self._next else earliest - 1.5 * tick
         due_now = [p for p in read if float(p.score) <= soon]
         full = len(read) >= MOST
         while due_now:  # a full read may have left more due now: read on until all went
-            more, due_now = self._hand_off_with(due_now, then_read=soon if full else None)
+            more, due_now, _ = self._hand_off_with(due_now, then_read=soon if full else None)
             sent, full = sent + more, len(due_now) >= MOST
         return sent
 
@@ -107,10 +114,11 @@ class Pump:
 
     def _hand_off_with(
         self, polls: list[Due], then_read: float | None = None
-    ) -> tuple[int, list[Due]]:
+    ) -> tuple[int, list[Due], float]:
         """``polls`` handed off ``poll_batch`` to a message, then (``then_read``) the polls
-        due by then read, all in one round trip: how many were current, and what was read.
-        A hand-off Redis refused (out of memory) is raised once the others went."""
+        due by then read, all in one round trip: how many were current, what was read, and
+        when the earliest poll left in the set is due (infinity: none). A hand-off Redis
+        refused (out of memory) is raised once the others went."""
         size = self.settings.poll_batch
         chunks = [polls[start : start + size] for start in range(0, len(polls), size)]
         calls: list[tuple[Script, list[Any], list[Any]]] = []
@@ -125,7 +133,7 @@ class Pump:
             unsent.append(None if prepared else args)
         if then_read is not None:
             calls.append((self._read, [keys.POLLS], [repr(then_read), MOST, keys.job("")]))
-        answers, _ = one_trip(self.redis, calls)
+        answers, replies = one_trip(self.redis, calls, _earliest)
         read = answers.pop() if then_read is not None else []
         if isinstance(read, Exception):
             raise read
@@ -139,7 +147,13 @@ class Pump:
                 self.send(TaskName.POLL, later)
         if refused is not None:
             raise refused
-        return sent, [_due(entry) for entry in read]
+        (first,) = replies
+        earliest = float(first[0][1]) if isinstance(first, list) and first else math.inf
+        return sent, [_due(entry) for entry in read], earliest
+
+
+def _earliest(pipe: redis.client.Pipeline) -> None:
+    pipe.zrange(keys.POLLS, 0, 0, withscores=True)
 
 
 def _due(entry: list[Any]) -> Due:
@@ -158,8 +172,11 @@ def _due(entry: list[Any]) -> Due:
 def run(
     pump: Pump, take_lease: Callable[[str, str, float], bool], holder: str, stop: threading.Event
 ) -> None:
-    """The pump's loop in one worker process: pump every tick while it holds the lease."""
+    """The pump's loop in one worker process: pump every tick while it holds the lease, or
+    less often while no poll is due soon (when the earliest comes within reach, at most
+    ``IDLE_WAIT`` later: an idle worker reads Redis 4 times a second, not 20)."""
     tick = pump.settings.poll_tick
+    idle_wait = max(tick, IDLE_WAIT)
     holding, renew_at = False, 0.0
     while not stop.is_set():
         started = time.monotonic()
@@ -175,7 +192,8 @@ def run(
             log.exception("poll pump failed; retrying")
             holding, renew_at = False, started + RENEW_EVERY
             pump.forget()
-        next_turn = started + tick if holding else renew_at
+        wait = min(max(pump.next_read - time.time(), tick), idle_wait)
+        next_turn = min(started + wait, renew_at) if holding else renew_at
         stop.wait(max(0.0, next_turn - time.monotonic()))
     if holding:  # a warm shutdown: the lease ends now (renewed for 1 ms), not in LEASE_TTL
         with contextlib.suppress(Exception):
