@@ -58,6 +58,11 @@ SIM_ENV = {
 
 _db_numbers = itertools.count(1)
 
+# A suite started from a shell's background job (`nohup make test &` in a script) inherits
+# SIGINT ignored, and so would every process it starts: the Ctrl-C tests need it delivered.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 @pytest.fixture
 def opened(monkeypatch: pytest.MonkeyPatch) -> list:
