@@ -134,16 +134,7 @@ def create_together(rt: Runtime, admitted: list[tuple[str, int]]) -> list[str]:
     for _, claimed, remote_id in posted:
         logs.bind_job(claimed.job.job_id)
         _, _, step = _created(rt, claimed, remote_id)
-        steps.append(
-            {
-                "job_id": claimed.job.job_id,
-                "seq": claimed.seq,
-                "allowed": (State.CREATING,),
-                "to": State.RUNNING,
-                "pump": True,
-                **step,
-            }
-        )
+        steps.append(polling.pumped_step(claimed.job.job_id, claimed.seq, State.CREATING, step))
     try:
         stepped: list[Step | Exception] = rt.store.steps_and_views(steps, [])[0] if steps else []
     except Exception as exc:  # Redis went away: as if this worker died after the POSTs

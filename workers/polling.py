@@ -140,7 +140,10 @@ def settle_together(rt: Runtime, polls: list[Polled], send: Sender) -> list[str 
     again = [p for p in polls if not p.ends]
     unread = [p for p in polls if p.ends and p.view is None]
     planned = [_next_poll(rt, p) for p in again]
-    steps = [_pumped_step(p, step) for p, (_, _, step) in zip(again, planned, strict=True)]
+    steps = [
+        pumped_step(p.job_id, p.seq, State.RUNNING, step)
+        for p, (_, _, step) in zip(again, planned, strict=True)
+    ]
     stepped, views = rt.store.steps_and_views(steps, [p.job_id for p in unread])
     outcome: dict[int, str | Exception] = {}
     for polled, moved in zip(again, stepped, strict=True):
@@ -234,12 +237,13 @@ def _next_poll(rt: Runtime, polled: Polled) -> tuple[float, Followed, dict[str, 
     return delay, after, step
 
 
-def _pumped_step(polled: Polled, step: dict[str, Any]) -> dict[str, Any]:
-    """``_next_poll``'s step as ``JobStore.steps_and_views`` takes it (the pump's)."""
+def pumped_step(job_id: str, seq: int, state: State, step: dict[str, Any]) -> dict[str, Any]:
+    """A step from ``state`` to running, its next poll left to the pump, as
+    ``JobStore.steps_and_views`` takes it (``step``: its due time and writes)."""
     return {
-        "job_id": polled.job_id,
-        "seq": polled.seq,
-        "allowed": (State.RUNNING,),
+        "job_id": job_id,
+        "seq": seq,
+        "allowed": (state,),
         "to": State.RUNNING,
         "pump": True,
         **step,
