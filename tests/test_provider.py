@@ -195,3 +195,33 @@ def test_a_provider_call_goes_through_the_proxy_with_the_key_and_the_providers_c
     assert first.startswith("http://api.example.test/") and first.endswith("/t1")
     assert second.endswith("/t2") and key == "Bearer sk-test"
     assert (cookie0, cookie1) == ("", "lb=node-7")
+
+
+def test_a_redirect_from_the_provider_is_not_followed():
+    """A 302 to a create or a status call is a transient fault with its status: neither the
+    request (with its images) nor the status call goes to the address the answer chose."""
+    from tests.canary import Canary, serve
+    from workers import config
+
+    elsewhere, answering = serve(Canary()), serve(Canary())
+    target, provider_host = next(elsewhere), next(answering)
+    try:
+        hop = f"/redirect?to=http://{target.address}/"
+        env = {
+            "WANQ_PROVIDER_URL": f"http://{provider_host.address}",
+            "WANQ_API_KEY": "sk-test",
+            "WANQ_CREATE_PATH": hop + "create",
+            "WANQ_STATUS_PATH": hop + "{task_id}",
+        }
+        client = provider.ProviderClient(config.load(env))
+        with pytest.raises(Transient) as create:
+            client.create({"model": "wan26_i2i", "input": {}})
+        with pytest.raises(Transient) as status:
+            client.status("t1")
+    finally:
+        for server in (elsewhere, answering):
+            next(server, None)
+    assert create.value.http_status == status.value.http_status == 302
+    assert "redirect" in str(create.value) and not create.value.ambiguous
+    assert len(provider_host.requests) == 2
+    assert target.requests == [], "the redirect's target got nothing"

@@ -5,7 +5,7 @@ Starts redis-server, the simulator and Celery workers (ops.localstack), runs eve
 one after the other on 127.0.0.1, and writes one report: every figure beside its target.
 
     full   100,000 lines submitted, L = 10 s, C = 400 with one worker start (a process per
-           core) then 1/2/4 processes; CPU-bound L = 2 s, C = 600 over 1/2/4 processes;
+           core) then 1/2/4 processes; CPU-bound L = 2 s, C = 1,600 over 1/2/4 processes;
            10,000 held in flight
     quick  5,000 lines, L = 6 s, C = 240, one per core then 1; CPU-bound over 1/2/4
            processes (2,000 jobs); 500 held in flight

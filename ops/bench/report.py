@@ -445,14 +445,23 @@ def _cpu_scaling(res: Results) -> list[Figure]:
             best.jobs_per_s / first.jobs_per_s if first.jobs_per_s else float("nan"),
             "ratio",
             (">=", 1.3, "more processes carry more once the CPU bounds"),
-            f"one process is one GIL: it carries about {first.jobs_per_s:.0f} jobs/s at "
-            f"{first.cpu_s_per_1000:.1f} CPU s per 1,000 jobs; more processes add what the "
-            f"cores left them: {res.environment.get('cpus')} cores here, shared with Redis "
-            f"(it spent {first.service_cpu_s.get('redis', 0) / first.makespan_s:.2f} cores in "
-            "the 1-process run), the simulator and the producer",
+            f"one process ({p.concurrency} threads under one GIL) carries about "
+            f"{first.jobs_per_s:.0f} jobs/s at {first.cpu_s_per_1000:.1f} CPU s per 1,000 jobs "
+            f"(C/L is above what the cores carry, so the cap stays unfilled: peak "
+            f"{first.peak_in_flight} of {p.cpu_cap}); more processes add what the cores left: "
+            f"{res.environment.get('cpus')} cores here, shared with Redis and the simulator "
+            f"(busy cores, 1 process: {_busy(first)}; {best.workers} processes: {_busy(best)})",
             _per_run(ordered),
         )
     ]
+
+
+def _busy(run: RunResult) -> str:
+    """Where a run's cores went: the workers', Redis's and the simulator's CPU over its span."""
+    shares = {"workers": run.worker_cpu_s, **run.service_cpu_s}
+    parts = [f"{name} {cpu / run.makespan_s:.2f}" for name, cpu in shares.items()]
+    total = sum(shares.values()) / run.makespan_s
+    return ", ".join(parts) + f", {total:.2f} in all"
 
 
 def _per_run(runs: list[RunResult]) -> str:
