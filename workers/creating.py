@@ -92,7 +92,7 @@ def create_inline(rt: Runtime, job_id: str, seq: int) -> str:
         outcome = "deferred"
     except Exception:
         outcome = _send_instead(rt, job_id, seq)
-    return _logged(outcome)
+    return _log_handed_over(outcome)
 
 
 def create_together(rt: Runtime, admitted: list[tuple[str, int]]) -> list[str]:
@@ -127,7 +127,7 @@ def create_together(rt: Runtime, admitted: list[tuple[str, int]]) -> list[str]:
         except Exception:
             outcome = _send_instead(rt, job_id, seq)
         if remote_id is None or claimed is None:
-            outcomes[i] = _logged(outcome)
+            outcomes[i] = _log_handed_over(outcome)
         else:
             posted.append((i, claimed, remote_id))
     steps = []
@@ -143,13 +143,13 @@ def create_together(rt: Runtime, admitted: list[tuple[str, int]]) -> list[str]:
         logs.bind_job(claimed.job.job_id)
         if isinstance(moved, Exception):  # POSTed, ID not stored: as if killed in between
             log.error("storing the remote ID failed: %s", moved)
-            outcomes[i] = _logged(_send_instead(rt, *admitted[i], failed=False))
+            outcomes[i] = _log_handed_over(_send_instead(rt, *admitted[i], failed=False))
         else:
-            outcomes[i] = _logged("created" if moved.applied else "stale")
+            outcomes[i] = _log_handed_over("created" if moved.applied else "stale")
     return outcomes
 
 
-def _logged(outcome: str) -> str:
+def _log_handed_over(outcome: str) -> str:
     log.info("handed-over create: %s", outcome)  # the benchmark counts these beside the tasks
     return outcome
 

@@ -197,7 +197,7 @@ def step_and_poll(
     poll pump (``poll_batch``, workers.pump) the step leaves the poll to it instead: the
     pump reads what the poll carries from the job when it is due."""
     if rt.settings.poll_batch:
-        return rt.store.step(job_id, seq, (state,), State.RUNNING, pump=True, **step)
+        return rt.store.step(**pumped_step(job_id, seq, state, step))
     known = followed.text()
     poll = (job_id, seq + 1, known)  # the seq the step gives the job
     prepared = rt.prepare(TaskName.POLL, poll, countdown=delay) if rt.prepare else None
@@ -238,8 +238,8 @@ def _next_poll(rt: Runtime, polled: Polled) -> tuple[float, Followed, dict[str, 
 
 
 def pumped_step(job_id: str, seq: int, state: State, step: dict[str, Any]) -> dict[str, Any]:
-    """A step from ``state`` to running, its next poll left to the pump, as
-    ``JobStore.steps_and_views`` takes it (``step``: its due time and writes)."""
+    """A step from ``state`` to running, its next poll left to the pump, as ``JobStore.step``
+    and ``JobStore.steps_and_views`` take it (``step``: its due time and writes)."""
     return {
         "job_id": job_id,
         "seq": seq,

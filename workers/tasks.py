@@ -155,14 +155,14 @@ def poll_batch(rt: Runtime, flat: tuple[Any, ...]) -> str:
         if isinstance(polled, polling.Polled):
             asked.append(polled)
         else:
-            found.append(_logged(polled))
+            found.append(_log_if_failed(polled))
     try:
         settled = polling.settle_together(rt, asked, handover)
     except Exception as exc:  # Redis went away: every poll of the batch is the sweeper's
         settled = [exc] * len(asked)
     for polled, outcome in zip(asked, settled, strict=True):
         logs.bind_job(polled.job_id)
-        found.append(_logged(outcome))
+        found.append(_log_if_failed(outcome))
     full: Exception | None = None  # Redis refused a write: the message runs again (transport)
     for outcome in found:
         if isinstance(outcome, Exception):
@@ -178,7 +178,7 @@ def poll_batch(rt: Runtime, flat: tuple[Any, ...]) -> str:
     return " ".join(f"{what}:{n}" for what, n in outcomes.items())
 
 
-def _logged(outcome: str | Exception) -> str | Exception:
+def _log_if_failed(outcome: str | Exception) -> str | Exception:
     if isinstance(outcome, Exception):
         log.error(
             "poll failed; the job's poll is sent again once overdue",

@@ -448,8 +448,9 @@ def _cpu_scaling(res: Results) -> list[Figure]:
             f"one process ({p.concurrency} threads under one GIL) carries about "
             f"{first.jobs_per_s:.0f} jobs/s at {first.cpu_s_per_1000:.1f} CPU s per 1,000 jobs "
             f"(C/L is above what the cores carry, so the cap stays unfilled: peak "
-            f"{first.peak_in_flight} of {p.cpu_cap}); more processes add what the cores left: "
-            f"{res.environment.get('cpus')} cores here, shared with Redis and the simulator "
+            f"{first.peak_in_flight} of {p.cpu_cap}); more processes add threads and what "
+            f"the cores left: {res.environment.get('cpus')} cores here, shared with Redis and "
+            "the simulator "
             f"(busy cores, 1 process: {_busy(first)}; {best.workers} processes: {_busy(best)})",
             _per_run(ordered),
         )
