@@ -148,7 +148,7 @@ class ProviderClient:
         consulted when empty, and the merge of the session's settings into every request,
         which the session of a provider client holds already (``new_session(only_url=...)``:
         proxies, CA bundle, no environment lookups). Measured against the simulator, a
-        status call's CPU falls by about a fifth."""
+        status call's CPU falls by about 7% (453 -> 420 us, median of paired rounds)."""
         session = self.session
         timeout = (self.settings.connect_timeout, self.settings.read_timeout)
         try:
