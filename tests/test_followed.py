@@ -149,6 +149,33 @@ def test_a_batch_cancelled_during_the_call_ends_the_job_not_acknowledged(rt, sim
     assert len(rt.send.polls()) == 1  # the create's, no next poll
 
 
+@pytest.mark.parametrize("cancelled", [False, True])
+def test_a_poll_past_its_deadline_fails_the_job_unless_its_batch_was_cancelled(
+    rt, simulator, cancelled
+):
+    """A poll that ends its job without a status (its deadline passed) ends it as a poll that
+    read the job first would: failed, or cancelled once the batch is."""
+    from dataclasses import replace
+
+    from workers import errors
+
+    job_id, seq, known = created(rt, simulator)
+    followed = Followed.parse(known)
+    assert followed is not None
+    overdue = replace(followed, created_at=followed.created_at - rt.settings.poll_deadline - 1)
+    if cancelled:
+        rt.store.set_control("b1", BatchState.CANCELLED)
+
+    outcome = poll_step(rt, job_id, seq, known=overdue.text())
+    job = rt.store.job_record(job_id)
+    assert job is not None
+    if cancelled:
+        assert (outcome, job.state) == ("cancelled", State.CANCELLED)
+    else:
+        assert (outcome, job.state) == ("failed", State.FAILED)
+        assert errors.STATUS_CHECK in rt.store.job(job_id)["error"]
+
+
 def test_a_status_that_goes_through_lifts_a_block_that_polls_saw(rt, simulator):
     job_id, seq, known = created(rt, simulator)
     account.block(rt.store.redis, 503, "status calls failed", source="status")

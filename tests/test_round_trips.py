@@ -21,7 +21,7 @@ from tests.test_pump import created, finished, queued_args, sender
 from workers import errors, images, keys, latency, pump
 from workers.creating import create_together
 from workers.images import ImageStore
-from workers.names import State, TaskName
+from workers.names import BatchState, State, TaskName
 from workers.tasks import create_step, poll_batch
 
 rt = test_pump.rt  # the runtime fixture: real Redis and simulator, a recording sender
@@ -206,3 +206,17 @@ def test_creates_whose_steps_were_lost_are_sent_again(rt, simulator, monkeypatch
     assert create_together(rt, [("b7:j0", 0), ("b7:j1", 0)]) == ["sent", "sent"]
     assert rt.send.sent == [(TaskName.CREATE, ("b7:j0", 0)), (TaskName.CREATE, ("b7:j1", 0))]
     assert rt.store.job("b7:j0")["state"] == State.CREATING
+
+
+def test_a_message_of_a_cancelled_batch_cancels_even_the_poll_past_its_deadline(rt, simulator):
+    """The pump's polls carry what they know of their jobs, so none reads its job before its
+    call; one that ends its job without a status (the deadline) still sees the batch
+    cancelled and ends it so, as its neighbours' refused steps do."""
+    overdue, *others = created(rt, simulator, n=3)
+    long_ago = float(rt.store.job(overdue)["created_at"]) - rt.settings.poll_deadline - 1
+    rt.store.redis.hset(keys.job(overdue), "created_at", repr(long_ago))
+    args = batch_of(rt, [overdue, *others])
+    rt.store.set_control("b1", BatchState.CANCELLED)
+    assert poll_batch(rt, args) == "cancelled:3"
+    for job_id in (overdue, *others):
+        assert rt.store.job_record(job_id).state == State.CANCELLED

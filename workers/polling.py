@@ -116,15 +116,13 @@ def settle(rt: Runtime, polled: Polled, send: Sender, ack: Delivery | None = Non
     """Write what one poll found: "polling", "finished", "failed", "cancelled" or "stale".
     ``ack``, the poll's message, is acknowledged by the script of the step it leads to (the
     next poll's or the end's); on the other ways out the task's ack after it does."""
-    if polled.failure is not None:
+    if polled.ends:
         view = polled.view or rt.store.view(polled.job_id)
-        finalize.end(rt.store, _failure_ending(rt, polled, view), send)
-        return "failed"
-    if polled.status is not None:
-        view = polled.view or rt.store.view(polled.job_id)
-        ending = _status_ending(rt, polled, view, send)
+        ending = _ending(rt, polled, view, send)
         if isinstance(ending, str):
             return ending
+        if polled.failure is not None:
+            return "failed" if finalize.end(rt.store, ending, send) else "stale"
         return "finished" if finalize.end(rt.store, ending, send, ack) else "stale"
     delay, followed, step = _next_poll(rt, polled)
     job_id, seq = polled.job_id, polled.seq
@@ -162,10 +160,7 @@ def settle_together(rt: Runtime, polls: list[Polled], send: Sender) -> list[str 
         if isinstance(view, Exception):
             outcome[id(polled)] = view
             continue
-        if polled.failure is not None:
-            endings.append((polled, _failure_ending(rt, polled, view)))
-            continue
-        ending = _status_ending(rt, polled, view, send)
+        ending = _ending(rt, polled, view, send)
         if isinstance(ending, str):
             outcome[id(polled)] = ending
         else:
@@ -174,10 +169,10 @@ def settle_together(rt: Runtime, polls: list[Polled], send: Sender) -> list[str 
     for (polled, _), finish in zip(endings, ended, strict=True):
         if isinstance(finish, Exception):
             outcome[id(polled)] = finish
-        elif polled.failure is not None:
-            outcome[id(polled)] = "failed"
+        elif not finish:
+            outcome[id(polled)] = "stale"
         else:
-            outcome[id(polled)] = "finished" if finish else "stale"
+            outcome[id(polled)] = "failed" if polled.failure is not None else "finished"
     return [outcome[id(p)] for p in polls]
 
 
@@ -261,23 +256,22 @@ def _polled_again(rt: Runtime, polled: Polled, moved: Step, send: Sender) -> str
     return "polling" if moved.applied else "stale"
 
 
-def _status_ending(rt: Runtime, polled: Polled, view: View, send: Sender) -> Ending | str:
-    """The end a status that says the remote task ended leads to, from the job's record (this
-    poll counted in the same atomic step); or why not ("stale", "cancelled")."""
+def _ending(rt: Runtime, polled: Polled, view: View, send: Sender) -> Ending | str:
+    """The end a poll that ends its job leads to, from the job's record: the remote task's
+    (a status that says it ended: this poll counted in the same atomic step) or the poll's
+    failure; or why not ("stale", "cancelled"). A job of a cancelled batch ends cancelled
+    whatever its poll found, whether or not the poll read the job before its call."""
     checked = _checked(rt, view, polled.seq, send)
     if checked:
         return checked
     job = view.job
-    assert job is not None and polled.status is not None
+    assert job is not None
+    if polled.failure is not None:
+        return finalize.failure_ending(rt.store, polled.job_id, polled.seq, job.raw, polled.failure)
+    assert polled.status is not None
     _answered(rt, view.account)
     seen = {"polls": job.polls + 1, **first_poll(bool(job.first_poll_at), polled.now)}
     return finalize.status_ending(rt.store, polled.job_id, polled.seq, job.raw, polled.status, seen)
-
-
-def _failure_ending(rt: Runtime, polled: Polled, view: View) -> Ending:
-    assert polled.failure is not None
-    record = view.job.raw if view.job else {}
-    return finalize.failure_ending(rt.store, polled.job_id, polled.seq, record, polled.failure)
 
 
 def _answered(rt: Runtime, block: dict[str, str]) -> None:
