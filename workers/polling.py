@@ -25,7 +25,7 @@ from workers.names import BatchState, State, TaskName
 from workers.provider import AccountProblem, Rejected, Status, Transient
 from workers.runtime import Runtime
 from workers.sender import Sender
-from workers.store import Delivery, Step, View
+from workers.store import Delivery, Finish, Step, View
 
 log = logging.getLogger("wanq.tasks")
 
@@ -121,9 +121,8 @@ def settle(rt: Runtime, polled: Polled, send: Sender, ack: Delivery | None = Non
         ending = _ending(rt, polled, view, send)
         if isinstance(ending, str):
             return ending
-        if polled.failure is not None:
-            return "failed" if finalize.end(rt.store, ending, send) else "stale"
-        return "finished" if finalize.end(rt.store, ending, send, ack) else "stale"
+        ack_end = ack if polled.failure is None else None  # a failure's: the task acks after
+        return _end_outcome(polled, finalize.end(rt.store, ending, send, ack_end))
     delay, followed, step = _next_poll(rt, polled)
     job_id, seq = polled.job_id, polled.seq
     moved = step_and_poll(rt, job_id, seq, State.RUNNING, delay, followed, **step, ack=ack)
@@ -169,11 +168,16 @@ def settle_together(rt: Runtime, polls: list[Polled], send: Sender) -> list[str 
     for (polled, _), finish in zip(endings, ended, strict=True):
         if isinstance(finish, Exception):
             outcome[id(polled)] = finish
-        elif not finish:
-            outcome[id(polled)] = "stale"
         else:
-            outcome[id(polled)] = "failed" if polled.failure is not None else "finished"
+            outcome[id(polled)] = _end_outcome(polled, finish)
     return [outcome[id(p)] for p in polls]
+
+
+def _end_outcome(polled: Polled, finish: Finish) -> str:
+    """What an end's write did: "stale" when another end came first."""
+    if not finish:
+        return "stale"
+    return "failed" if polled.failure is not None else "finished"
 
 
 def step_and_poll(
